@@ -281,6 +281,89 @@ def test_context_reuse_of_fgsm_gradient(batch) -> None:
     assert ctx.clean_grad is g  # FGSM's gradient was used as g1, not recomputed
 
 
+# ---------------------------------------------------------------------------- GradAlign, finite differences
+def _param_grad(value, model):
+    return torch.cat([g.flatten() for g in torch.autograd.grad(value, list(model.parameters()))])
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_gradalign_fd_matches_exact_on_a_smooth_model(symmetric, smooth_model, dbatch) -> None:
+    """Same value; the parameter gradient agrees with double backprop to O(fd_step) on a smooth model."""
+    x, y = dbatch
+    m = smooth_model
+    kw = {"eps": EPS, "lam": 0.7, "seed": 3, "symmetric": symmetric}
+    exact = GradAlign(**kw)(m, x, y)
+    fd = GradAlign(**kw, estimator="fd", fd_step=1e-6)(m, x, y)
+    assert abs(fd.item() - exact.item()) < 1e-12
+    ge, gf = _param_grad(exact, m), _param_grad(fd, m)
+    assert (gf - ge).norm() / ge.norm() < 1e-4
+
+
+class _BNDropNet(torch.nn.Module):
+    """Smooth CNN with BatchNorm and dropout: batch coupling, running statistics and random masks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.BatchNorm2d(6)
+        self.drop, self.fc = torch.nn.Dropout(0.3), torch.nn.Linear(6 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(F.softplus(self.bn(self.conv(x)))).flatten(1))
+
+
+def test_gradalign_fd_with_batchnorm_and_dropout_in_train_mode(dbatch) -> None:
+    """The shifted forward replays the dropout masks and leaves the running statistics as one forward left
+    them: gradient, running statistics and the RNG stream all match the exact estimator's."""
+    x, y = dbatch
+    results = {}
+    for est in ("exact", "fd"):
+        torch.manual_seed(0)
+        m = _BNDropNet().double().train()
+        torch.manual_seed(1)
+        value = GradAlign(eps=EPS, seed=3, estimator=est, fd_step=1e-6)(m, x, y)
+        results[est] = (_param_grad(value, m), m.bn.running_mean.clone(), m.bn.num_batches_tracked.item(),
+                        torch.rand(1).item())  # fmt: skip
+    (ge, me, ne, re), (gf, mf, nf, rf_) = results["exact"], results["fd"]
+    # batch statistics couple the examples; per-example steps capture that coupling to O(1/batch) (1% here)
+    assert (gf - ge).norm() / ge.norm() < 2e-2 and F.cosine_similarity(gf, ge, dim=0) > 0.999
+    assert torch.equal(me, mf) and ne == nf == 2  # the clean pass and the x + η pass, not the shifted one
+    assert re == rf_
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """softplus whose backward is not differentiable (like a fused kernel without a double-backward)."""
+
+    @staticmethod
+    def forward(ctx, t):
+        ctx.save_for_backward(t)
+        return F.softplus(t)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if torch.is_grad_enabled() and grad.requires_grad:
+            raise RuntimeError("derivative of this backward is not implemented")
+        (t,) = ctx.saved_tensors
+        return grad * torch.sigmoid(t)
+
+
+class _FusedNet(SmoothCNN):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(_NoDoubleBackward.apply(self.conv(x)).flatten(1))
+
+
+def test_gradalign_fd_needs_no_double_backward(batch) -> None:
+    x, y = batch
+    torch.manual_seed(0)
+    m = _FusedNet()
+    assert GradAlign(estimator="exact").needs_double_backward
+    assert not GradAlign(estimator="fd").needs_double_backward  # fused attention stays on, compile allowed
+    with pytest.raises(RuntimeError, match="derivative of this backward is not implemented"):
+        torch.autograd.grad(GradAlign(eps=EPS, seed=0)(m, x, y), m.conv.weight)
+    out = adversarial_step(m, FGSM(m, eps=EPS), [GradAlign(eps=EPS, seed=0, estimator="fd")], x, y)
+    out.loss.backward()
+    assert m.conv.weight.grad.abs().sum() > 0 and torch.isfinite(m.conv.weight.grad).all()
+
+
 # ---------------------------------------------------------------------------- errors
 @pytest.mark.parametrize(
     ("build", "match"),
@@ -289,6 +372,9 @@ def test_context_reuse_of_fgsm_gradient(batch) -> None:
         (lambda: GradAlign(lam=float("nan")), "lam must be"),
         (lambda: GradAlign(eps=8), "did you mean eps=8/255"),
         (lambda: GradAlign.paper_lambda(8 / 255, dataset="cifar100"), "dataset"),
+        (lambda: GradAlign(estimator="forward"), "estimator"),
+        (lambda: GradAlign(estimator="fd", fd_step=0.0), "fd_step"),
+        (lambda: GradAlign(estimator="fd", fd_step=float("inf")), "fd_step"),
         (lambda: GradAlign.paper_lambda(8), "eps=8/255"),
         (lambda: AdvLC(top_frac=0), "top_frac"),
         (lambda: AdvLC(top_n=0), "top_n"),

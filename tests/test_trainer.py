@@ -362,6 +362,15 @@ def test_bad_arguments_fail_in_init(digits):
         tr.fit(loader(*digits[:2]), 1, resume=True)
 
 
+def test_compile_refuses_double_backward_but_takes_finite_difference_gradalign():
+    model = digits_cnn()
+    atk = rf.FGSM(model, 0.1)
+    with pytest.raises(RobustfastError, match="double backward"):
+        AdversarialTrainer(model, atk, [rf.GradAlign(eps=0.1)], compile=True, progress=False)
+    tr = AdversarialTrainer(model, atk, [rf.GradAlign(eps=0.1, estimator="fd")], compile=True, progress=False)
+    assert tr.compile
+
+
 def test_tensorboard_logger_writes_events(digits, tmp_path: Path):
     from robustfast.training import TensorBoardLogger
 

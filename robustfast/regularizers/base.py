@@ -187,7 +187,7 @@ class Regularizer:
     """
 
     requests: frozenset[str] = frozenset()
-    needs_double_backward: ClassVar[bool] = False
+    needs_double_backward: bool = False
     needs_x_adv: ClassVar[bool] = True
     _repr_params: ClassVar[tuple[str, ...]] = ("lam",)
 

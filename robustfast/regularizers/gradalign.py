@@ -4,7 +4,8 @@ Training", arXiv:2007.02617; reference code ``tml-epfl/understanding-fast-adv-tr
 .. math:: \Omega = \mathbb{E}_{\eta\sim U([-\epsilon,\epsilon]^d)}
    \big[1 - \cos(\nabla_x \ell(x, y), \nabla_x \ell(x + \eta, y))\big]
 
-added as ``λ·Ω`` to the CE at ``x + δ_FGSM``. Needs double backpropagation through ``∇x ℓ(x + η)``.
+added as ``λ·Ω`` to the CE at ``x + δ_FGSM``. Needs double backpropagation through ``∇x ℓ(x + η)``, or,
+with ``estimator="fd"``, one more forward and first-order passes only (:mod:`robustfast.regularizers._fd`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..context import StepContext
 from ..errors import RobustfastError
 from ..losses import cross_entropy
 from ..ops import input_grad, uniform_like
+from ._fd import fd_grad_vjp, probe
 from .base import Regularizer, clean_ce_grad, register_regularizer
 
 __all__ = ["GradAlign", "grad_align_cos"]
@@ -50,6 +52,13 @@ class GradAlign(Regularizer):
     with ``create_graph`` and a second-order pass in the final backward. Otherwise one more forward and
     backward compute ``g1``.
 
+    Finite differences (``estimator="fd"``): the value is the same; its parameter gradient
+    ``(∂g2/∂θ)ᵀ ∂Ω/∂g2`` comes from a forward difference of the loss at ``x + η`` along ``∂Ω/∂g2`` (per-example
+    step of L2 length ``fd_step``) instead of a second-order backward. No double backward is needed anywhere
+    (fused attention kernels, ``torch.compile``, custom autograd functions all work). For ReLU networks the
+    difference also counts activation flips within the step, which double backprop ignores; measure your
+    robustness (``benchmarks/quality.py`` compares both).
+
     Args:
         eps: radius of the uniform noise ``η`` in pixel units (default ``8/255``; use the training ε).
         lam: weight λ (default 0.2, the paper's value at ε = 8/255 on CIFAR-10; see :meth:`paper_lambda`).
@@ -57,15 +66,16 @@ class GradAlign(Regularizer):
             then the attack is asked to keep its clean gradient's graph (``"clean_grad_graph"``).
         clamp_eta: clamp ``x + η`` to ``[0, 1]`` (default False, code parity).
         seed: seeds a private generator for ``η`` (``None``: the global RNG).
+        estimator: ``"exact"`` (double backpropagation, the paper's) or ``"fd"`` (finite differences).
+        fd_step: L2 length of the finite-difference step per example, in pixel units (``None``: ``eps``).
 
     Example:
         >>> reg = GradAlign(eps=8/255, lam=GradAlign.paper_lambda(8/255))
         >>> loss = F.cross_entropy(model(x_adv), y) + reg(model, x, y, x_adv)
     """
 
-    needs_double_backward = True
     needs_x_adv = False
-    _repr_params = ("eps", "lam", "symmetric", "clamp_eta")
+    _repr_params = ("eps", "lam", "symmetric", "clamp_eta", "estimator")
 
     def __init__(
         self,
@@ -75,11 +85,23 @@ class GradAlign(Regularizer):
         symmetric: bool = False,
         clamp_eta: bool = False,
         seed: int | None = None,
+        estimator: Literal["exact", "fd"] = "exact",
+        fd_step: float | None = None,
     ) -> None:
         super().__init__(lam)
         check_eps_like("GradAlign", "eps", eps, allow_none=False)
+        if estimator not in ("exact", "fd"):
+            raise RobustfastError(f"GradAlign(estimator={estimator!r}): choose 'exact' or 'fd'")
+        if fd_step is not None and (
+            isinstance(fd_step, bool) or not isinstance(fd_step, (int, float)) or not 0 < fd_step < float("inf")
+        ):
+            raise RobustfastError(f"GradAlign(fd_step={fd_step!r}): the step must be a finite number > 0")
         self.eps, self.symmetric, self.clamp_eta, self.seed = float(eps), bool(symmetric), bool(clamp_eta), seed
-        self.requests = frozenset({"clean_grad_graph"}) if symmetric else frozenset()
+        self.estimator = estimator
+        self.fd_step = float(fd_step) if fd_step is not None else float(eps)
+        self.needs_double_backward = estimator == "exact"
+        exact_sym = symmetric and estimator == "exact"
+        self.requests = frozenset({"clean_grad_graph"}) if exact_sym else frozenset()
         self._generators: dict[str, torch.Generator] = {}
 
     @staticmethod
@@ -105,15 +127,31 @@ class GradAlign(Regularizer):
             self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
         return self._generators[key]
 
+    def _noisy_point(self, x: Tensor) -> Tensor:
+        point = x + uniform_like(x, self.eps, self._generator(x.device))
+        return point.clamp(0.0, 1.0) if self.clamp_eta else point
+
     def penalty(self, model: nn.Module, ctx: StepContext) -> Tensor:
         """Mean over examples of ``1 − cos(∇ℓ(x), ∇ℓ(x + η))`` (zero-norm rows skipped)."""
+        if self.estimator == "fd":
+            return self._fd_penalty(model, ctx)
         g1 = clean_ce_grad(model, ctx, create_graph=self.symmetric)
         if not self.symmetric:
             g1 = g1.detach()
-        x = ctx.x.detach()
-        point = x + uniform_like(x, self.eps, self._generator(x.device))
-        if self.clamp_eta:
-            point = point.clamp(0.0, 1.0)
-        point.requires_grad_(True)
+        point = self._noisy_point(ctx.x.detach()).requires_grad_(True)
         g2 = input_grad(cross_entropy(model(point), ctx.y), point, create_graph=True)
         return grad_align_cos(g1, g2)
+
+    def _fd_penalty(self, model: nn.Module, ctx: StepContext) -> Tensor:
+        """The same value; its parameter gradient by finite differences (see the class docstring)."""
+        x = ctx.x.detach()
+        clean = probe(model, x, ctx.y) if self.symmetric else None
+        g1 = clean.grad if clean is not None else clean_ce_grad(model, ctx, create_graph=False).detach()
+        noisy = probe(model, self._noisy_point(x), ctx.y)
+        a, b = g1.clone().requires_grad_(True), noisy.grad.clone().requires_grad_(True)
+        omega = grad_align_cos(a, b)
+        da, db = torch.autograd.grad(omega, (a, b))  # ∂Ω/∂g: zero on skipped rows
+        out = omega.detach() + fd_grad_vjp(model, noisy, ctx.y, db, self.fd_step)
+        if clean is not None:
+            out = out + fd_grad_vjp(model, clean, ctx.y, da, self.fd_step)
+        return out

@@ -77,7 +77,7 @@ def check_trainer_args(a: dict[str, Any]) -> None:
     if a["compile"] and any(r.needs_double_backward for r in regs):
         raise RobustfastError(
             "AdversarialTrainer(compile=True): torch.compile does not support the double backward these "
-            "regularizers need; use compile=False"
+            "regularizers need; use compile=False (or GradAlign(estimator='fd'), which needs none)"
         )
     avg = a["averaging"]
     avgs = [avg] if isinstance(avg, (EMA, SWA)) else list(avg)
