@@ -16,22 +16,36 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+CLOCKS = ("wall", "cpu")
+
+
 def interleaved_medians(
-    fns: dict[str, Callable[[], object]], device: torch.device, reps: int, warmup: int = 2
+    fns: dict[str, Callable[[], object]], device: torch.device, reps: int, warmup: int = 2, clock: str = "wall"
 ) -> dict[str, float]:
-    """Median seconds per call of each function, measured round-robin so machine noise hits all alike."""
+    """Median seconds per call of each function, measured round-robin so machine noise hits all alike.
+
+    The order alternates between repetitions (forward, then reversed) so no function always runs first.
+    ``clock="cpu"`` times this process's CPU seconds instead of wall seconds: on a shared CPU machine with one
+    torch thread, it is insensitive to other processes taking the core (CPU devices only).
+    """
+    if clock not in CLOCKS:
+        raise ValueError(f"clock={clock!r}: choose one of {CLOCKS}")
+    if clock == "cpu" and device.type != "cpu":
+        raise ValueError("clock='cpu' times host CPU work only; use clock='wall' on an accelerator")
+    now = time.process_time if clock == "cpu" else time.perf_counter
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     sync(device)
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
+    items = list(fns.items())
+    for rep in range(reps):
+        for k, fn in items if rep % 2 == 0 else items[::-1]:
             sync(device)
-            t0 = time.perf_counter()
+            t0 = now()
             fn()
             sync(device)
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(now() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
-from _timing import interleaved_medians, machine
+from _timing import CLOCKS, interleaved_medians, machine
 from step_cost import build_model
 
 import robustfast as rf
@@ -45,14 +45,15 @@ def pairs(model, eps: float) -> dict[str, tuple]:
     }
 
 
-def measure(model_name: str, batch: int, reps: int, eps: float) -> list[dict]:
+def measure(model_name: str, batch: int, reps: int, eps: float, clock: str = "wall") -> list[dict]:
     torch.manual_seed(0)
     model, shape = build_model(model_name)
     model.eval()
     x, y = torch.rand(batch, *shape), torch.randint(0, 10, (batch,))
     rows = []
     for name, (ours, peer, deterministic) in pairs(model, eps).items():
-        med = interleaved_medians({"ours": lambda o=ours: o(x, y), "peer": lambda p=peer: p(x, y)}, x.device, reps)
+        fns = {"ours": lambda o=ours: o(x, y), "peer": lambda p=peer: p(x, y)}
+        med = interleaved_medians(fns, x.device, reps, clock=clock)
         a, b = ours(x, y), peer(x, y)
         in_ball = all(bool(((t - x).abs() <= eps + 1e-6).all() and t.min() >= 0 and t.max() <= 1) for t in (a, b))
         rows.append({"model": model_name, "pair": name, "ours_ms": 1000 * med["ours"], "peer_ms": 1000 * med["peer"],
@@ -70,13 +71,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reps", type=int, default=9)
     p.add_argument("--eps", type=float, default=8 / 255)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--clock", choices=CLOCKS, default="wall", help="wall seconds, or this process's CPU seconds")
     p.add_argument("--quick", action="store_true", help="tiny CNN, batch 16, 3 repetitions (CI)")
     p.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
         args.models, args.batch, args.reps = ["tiny_cnn"], 16, 3
-    rows = [r for m in args.models for r in measure(m, args.batch, args.reps, args.eps)]
+    rows = [r for m in args.models for r in measure(m, args.batch, args.reps, args.eps, args.clock)]
     lines = ["| model | ours vs torchattacks | ours ms | torchattacks ms | ours / peer | max abs diff | in ε-ball |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     cmd = " ".join(argv if argv is not None else sys.argv[1:])
     meta = (f"Command: `python benchmarks/peers.py {cmd}`; machine: {machine()}; date: {datetime.date.today()}; "
             f"torchattacks {torchattacks.__version__}; batch {args.batch}, 32×32, eval mode, ε = {args.eps:.4g}; "
-            f"median of {args.reps} interleaved repetitions.")  # fmt: skip
+            f"median of {args.reps} interleaved repetitions ({args.clock} clock).")  # fmt: skip
     table = "\n".join(lines)
     print(table + "\n\n" + meta)
     if args.out:

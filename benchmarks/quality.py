@@ -38,7 +38,8 @@ from robustfast.training import AdversarialTrainer
 WIDTH = 8
 
 METHODS = (
-    "Standard", "FGSM", "RS", "N-FGSM", "ZeroGrad", "MultiGrad", "SEAT", "FGSM+GradAlign", "FGSM+AdvLC", "PGD-10",
+    "Standard", "FGSM", "RS", "N-FGSM", "ZeroGrad", "MultiGrad", "SEAT", "FGSM+GradAlign", "FGSM+GradAlign(fd)",
+    "FGSM+AdvLC", "PGD-10",
 )  # fmt: skip
 
 
@@ -61,6 +62,8 @@ def build(method: str, model, eps: float, seed: int):
         return rf.SEATAttack(model, eps, seed=seed, **kw), [rf.SEAT()]
     if method == "FGSM+GradAlign":
         return rf.FGSM(model, eps, **kw), [rf.GradAlign(eps=eps, lam=1.0, seed=seed)]
+    if method == "FGSM+GradAlign(fd)":
+        return rf.FGSM(model, eps, **kw), [rf.GradAlign(eps=eps, lam=1.0, seed=seed, estimator="fd")]
     if method == "FGSM+AdvLC":
         return rf.FGSM(model, eps, **kw), [rf.AdvLC()]
     if method == "PGD-10":

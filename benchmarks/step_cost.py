@@ -6,7 +6,10 @@ the passes the math needs: a standard step is 1 forward + 1 backward; FGSM-famil
 
 ``naive_gradalign`` is the straightforward FGSM+GradAlign written in this file (FGSM's own gradient, then two
 separate ``autograd.grad(create_graph=True)`` calls at ``x`` and ``x + η``, then a separate training forward);
-``fgsm+gradalign`` is the library's (reuses FGSM's clean gradient). Same model, batch and run.
+``fgsm+gradalign`` is the library's (reuses FGSM's clean gradient), ``fgsm+gradalign_fd`` the library's with
+``estimator="fd"`` (finite differences instead of double backprop). Same model, batch and run. ``vit_tiny`` is
+timm's ViT-Tiny on 32×32 inputs with 4×4 patches: there exact GradAlign runs attention on the math path (the fused
+kernel has no double backward) and the fd estimator keeps the fused kernel.
 ``handwritten_fgsm`` is an FGSM-AT step written with bare tensor ops: the practical floor the library's ``fgsm``
 step is compared with.
 
@@ -32,9 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
-from _timing import interleaved_medians, machine
+from _timing import CLOCKS, interleaved_medians, machine
 
 import robustfast as rf
+from robustfast.regularizers import math_attention
 from robustfast.regularizers.gradalign import grad_align_cos
 from robustfast.training import adversarial_step
 
@@ -52,6 +56,7 @@ ATTACKS = {
 REGS = {
     "gradalign": lambda e: [rf.GradAlign(eps=e, lam=0.2, seed=0)],
     "gradalign_sym": lambda e: [rf.GradAlign(eps=e, lam=0.2, symmetric=True, seed=0)],
+    "gradalign_fd": lambda e: [rf.GradAlign(eps=e, lam=0.2, seed=0, estimator="fd")],
     "advlc": lambda e: [rf.AdvLC()],
     "seat": lambda e: [rf.SEAT()],
     "cure": lambda e: [rf.CURE()],
@@ -70,12 +75,22 @@ def build_model(name: str) -> tuple[nn.Module, tuple[int, ...]]:
         return m, (3, 32, 32)
     from robustfast.models import create
 
+    if name == "vit_tiny":  # timm ViT-Tiny on 32×32 inputs, 4×4 patches (64 tokens), fused attention
+        return create("timm:vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=4), (3, 32, 32)
     kw = {"in_chans": 3} if name == "small_cnn" else {}
     return create(name, num_classes=10, **kw), (3, 32, 32)
 
 
 def naive_gradalign_loss(model: nn.Module, x, y, eps: float, lam: float, gen: torch.Generator):
-    """The straightforward FGSM+GradAlign step loss: nothing shared between its four gradient computations."""
+    """The straightforward FGSM+GradAlign step loss: nothing shared between its four gradient computations.
+
+    Run under ``math_attention`` (a no-op for CNNs): fused attention kernels have no double backward.
+    """
+    with math_attention(model):
+        return _naive_gradalign_loss(model, x, y, eps, lam, gen)
+
+
+def _naive_gradalign_loss(model: nn.Module, x, y, eps: float, lam: float, gen: torch.Generator):
     xr = x.detach().requires_grad_(True)
     g_atk = torch.autograd.grad(F.cross_entropy(model(xr), y, reduction="sum"), xr)[0]  # the FGSM attack
     x_adv = (x + eps * g_atk.sign()).clamp(0, 1).detach()
@@ -131,9 +146,11 @@ def make_fns(model_name: str, batch: int, eps: float, configs: dict[str, tuple])
     return fns, x.device
 
 
-def measure(model_name: str, batch: int, reps: int, eps: float, configs: dict[str, tuple]) -> dict[str, float]:
+def measure(
+    model_name: str, batch: int, reps: int, eps: float, configs: dict[str, tuple], clock: str = "wall"
+) -> dict[str, float]:
     fns, device = make_fns(model_name, batch, eps, configs)
-    med = interleaved_medians(fns, device, reps)
+    med = interleaved_medians(fns, device, reps, clock=clock)
     return {k: v / med["standard"] for k, v in med.items()} | {"standard_seconds": med["standard"]}
 
 
@@ -210,7 +227,16 @@ def default_configs() -> dict[str, tuple]:
 
 
 def quick_configs() -> dict[str, tuple]:
-    keys = ["standard", "handwritten_fgsm", "fgsm", "rs", "pgd2", "fgsm+gradalign", "naive_gradalign"]
+    keys = [
+        "standard",
+        "handwritten_fgsm",
+        "fgsm",
+        "rs",
+        "pgd2",
+        "fgsm+gradalign",
+        "fgsm+gradalign_fd",
+        "naive_gradalign",
+    ]
     return {k: default_configs()[k] for k in keys}
 
 
@@ -221,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--eps", type=float, default=8 / 255)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: stable on shared, loaded cores)")
+    p.add_argument("--clock", choices=CLOCKS, default="wall", help="wall seconds, or this process's CPU seconds")
     p.add_argument("--memory", action="store_true", help="also the peak autograd-saved activation memory per config")
     p.add_argument("--configs", nargs="+", default=None, help="only these configs (standard is always run)")
     p.add_argument("--quick", action="store_true", help="tiny model, a few configs, 3 repetitions (CI)")
@@ -234,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         configs = {k: v for k, v in configs.items() if k == "standard" or k in args.configs}
     results, memory = {}, {}
     for m in args.models:
-        results[m] = measure(m, args.batch, args.reps, args.eps, configs)
+        results[m] = measure(m, args.batch, args.reps, args.eps, configs, args.clock)
         print(f"# {m}: standard step {1000 * results[m]['standard_seconds']:.1f} ms", flush=True)
         if args.memory:
             memory[m] = peak_saved_mib(m, args.batch, args.eps, configs)
@@ -250,17 +277,21 @@ def main(argv: list[str] | None = None) -> None:
                 cells.append(f"{memory[m][key]:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     naive = {}
-    if {"naive_gradalign", "fgsm+gradalign"} <= configs.keys():
-        naive = {m: results[m]["naive_gradalign"] / results[m]["fgsm+gradalign"] for m in args.models}
-        lines += ["", "naive GradAlign / ours: " + ", ".join(f"{m} {v:.2f}×" for m, v in naive.items())]
+    for ours, label in (("fgsm+gradalign", "exact"), ("fgsm+gradalign_fd", "fd")):
+        if {"naive_gradalign", ours} <= configs.keys():
+            naive[label] = {m: results[m]["naive_gradalign"] / results[m][ours] for m in args.models}
+            lines += [
+                "",
+                f"naive GradAlign / ours ({label}): " + ", ".join(f"{m} {v:.2f}×" for m, v in naive[label].items()),
+            ]
     if {"handwritten_fgsm", "fgsm"} <= configs.keys():
         hw = {m: results[m]["fgsm"] / results[m]["handwritten_fgsm"] for m in args.models}
         lines += ["", "library FGSM step / hand-written FGSM step: " + ", ".join(f"{m} {v:.3f}" for m, v in hw.items())]
     cmd = " ".join(argv if argv is not None else sys.argv[1:])
     meta = (f"Command: `python benchmarks/step_cost.py {cmd}`; machine: {machine()}; date: {datetime.date.today()}; "
-            f"batch {args.batch}, 32×32 inputs, median of {args.reps} interleaved repetitions; ratio = time per "
-            "training step (attack + forward + penalties + backward + SGD) / standard training step, same model "
-            "and batch; floor = forward+backward pairs the math needs.")  # fmt: skip
+            f"batch {args.batch}, 32×32 inputs, median of {args.reps} interleaved repetitions ({args.clock} clock); "
+            "ratio = time per training step (attack + forward + penalties + backward + SGD) / standard training "
+            "step, same model and batch; floor = forward+backward pairs the math needs.")  # fmt: skip
     table = "\n".join(lines)
     print(table + "\n\n" + meta)
     if args.out:

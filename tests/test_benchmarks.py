@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ["step_cost", "peers", "aa_overhead", "quality", "gpu_bench"]
+SCRIPTS = ["step_cost", "peers", "aa_overhead", "quality", "gpu_bench", "gradalign_fd"]
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +47,9 @@ def test_step_cost_quick(outputs):
     text = _ok(outputs["step_cost"])
     ratios = {m.group(1): float(m.group(2)) for m in re.finditer(r"^\| (\S+) \| \S+ \| ([0-9.]+)×", text, re.M)}
     assert ratios["standard"] == pytest.approx(1.0)
-    assert {"fgsm", "pgd2", "fgsm+gradalign", "naive_gradalign"} <= ratios.keys()
+    assert {"fgsm", "pgd2", "fgsm+gradalign", "fgsm+gradalign_fd", "naive_gradalign"} <= ratios.keys()
     assert all(r > 0 for r in ratios.values())
-    assert "naive GradAlign / ours" in text
+    assert "naive GradAlign / ours (exact)" in text and "naive GradAlign / ours (fd)" in text
 
 
 def test_peers_quick(outputs):
@@ -78,3 +78,11 @@ def test_gpu_bench_quick(outputs):
     text = _ok(outputs["gpu_bench"])
     assert "AMP check passed" in text
     assert re.search(r"\| FGSM \| 8 \| [0-9]+ \| [0-9]+ \| [0-9.]+× \|", text)
+
+
+def test_gradalign_fd_quick(outputs):
+    text = _ok(outputs["gradalign_fd"])
+    for method in ("FGSM", r"FGSM\+GradAlign \(exact\)", r"FGSM\+GradAlign \(fd\)"):
+        assert re.search(rf"^\| {method} \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|$", text, re.M), method
+    cos = float(re.search(r"trained fd models: (-?[0-9.]+)", text).group(1))
+    assert -1.0 <= cos <= 1.0
