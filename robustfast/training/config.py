@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..attacks.base import Attack
 from ..errors import RobustfastError
@@ -78,6 +79,14 @@ def check_trainer_args(a: dict[str, Any]) -> None:
         raise RobustfastError(
             "AdversarialTrainer(compile=True): torch.compile does not support the double backward these "
             "regularizers need; use compile=False (or GradAlign(estimator='fd'), which needs none)"
+        )
+    has_bn = any(isinstance(m, _BatchNorm) and m.track_running_stats for m in model.modules())
+    reusers = [type(r).__name__ for r in regs if "clean_logits" in r.requests]
+    if a["compile"] and has_bn and reusers:
+        raise RobustfastError(
+            f"AdversarialTrainer(compile=True): {', '.join(reusers)} reuse(s) the attack's clean forward in the final "
+            "backward, and the compiled BatchNorm's running-statistics updates in the later forwards invalidate it; "
+            "use compile=False with this model"
         )
     avg = a["averaging"]
     avgs = [avg] if isinstance(avg, (EMA, SWA)) else list(avg)

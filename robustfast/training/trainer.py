@@ -74,8 +74,9 @@ class AdversarialTrainer:
         amp: ``None`` (fp32, default), ``"bf16"`` or ``"fp16"`` (autocast; fp16 adds a ``GradScaler``).
             Validation and the CO guard always run in fp32.
         channels_last: convert model and inputs to channels-last memory format (default False).
-        compile: ``torch.compile`` the training forward (default False; incompatible with double-backward
-            regularizers).
+        compile: ``torch.compile`` the model for the training step (default False; incompatible with
+            double-backward regularizers — ``GradAlign(estimator="fd")`` needs none). Graphs are compiled without
+            donated buffers, since the step reuses graphs.
         averaging: :class:`EMA` / :class:`SWA` instances (evaluated next to the model, saved in checkpoints).
         co_guard: a :class:`COGuard` (catastrophic-overfitting detection and rolling back).
         val_attack: attack for validation: ``"pgd"`` (default: PGD-10, α = ε/4, seeded random start),
@@ -226,7 +227,7 @@ class AdversarialTrainer:
             call_hook(self._hooks, "on_batch_start", trainer=self, epoch=epoch, step=self.step, x=x, y=y)
             factor = self.eps_warmup(t, epochs) if self.eps_warmup is not None else 1.0
             scaled = self.attack.scaled(factor) if self.attack is not None and factor != 1.0 else nullcontext()
-            with self._autocast(), scaled:
+            with self._autocast(), scaled, self._compile_config():
                 out = adversarial_step(model, self.attack, self.regularizers, x, y, criterion=self.criterion)
             call_hook(self._hooks, "on_before_backward", trainer=self, out=out, loss=out.loss)
             self._optimize(out.loss)
@@ -411,6 +412,22 @@ class AdversarialTrainer:
         self.load_state_dict(load_checkpoint(path, map_location=self.device))
 
     # ------------------------------------------------------------------ helpers
+    def _compile_config(self) -> Any:
+        """Under ``compile=True``: compile graphs without donated buffers, which forbid ``retain_graph``.
+
+        The step reuses graphs (the attack's clean logits, GradAlign's finite-difference probe), and AOTAutograd
+        would otherwise free saved tensors after their first backward. Compilation happens lazily inside the step.
+        """
+        if not self.compile:
+            return nullcontext()
+        try:
+            import torch._functorch.config as functorch_config
+        except ImportError:  # pragma: no cover - very old torch
+            return nullcontext()
+        if not hasattr(functorch_config, "donated_buffer"):  # pragma: no cover - torch without donated buffers
+            return nullcontext()
+        return functorch_config.patch(donated_buffer=False)
+
     def _build_train_model(self) -> nn.Module:
         m = wrap_ddp(self.model, self.device)
         return torch.compile(m) if self.compile else m  # type: ignore[return-value]
