@@ -160,7 +160,7 @@ def plot(rows: list[dict], out: Path, meta: str) -> list[Path]:
             ax.set_title(f"{ds}, ε = {eps:.3g}")
             ax.grid(alpha=0.3)
         fig.text(0.01, 0.005, meta, fontsize=6, wrap=True)
-        fig.tight_layout(rect=(0, 0.05, 1, 1))
+        fig.tight_layout(rect=(0, 0.16 if len(epss) == 1 else 0.09, 1, 1))  # room for the wrapped meta line
         p = out.parent / f"{out.name}_{ds}.png"
         fig.savefig(p, dpi=110)
         plt.close(fig)
