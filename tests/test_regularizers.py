@@ -477,6 +477,17 @@ def test_bf16_autocast_finite(name, batch) -> None:
     assert all(torch.isfinite(p.grad).all() for p in m.parameters())
 
 
+def test_gradalign_fd_bf16_autocast_finite(batch) -> None:
+    x, y = batch
+    torch.manual_seed(0)
+    m = TinyCNN().train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = adversarial_step(m, FGSM(m, bn_mode="train"), [GradAlign(seed=0, estimator="fd")], x, y)
+    out.loss.backward()
+    assert math.isfinite(out.penalties["gradalign"].item())
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters())
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_fp16_autocast_with_grad_scaler_trains(name, batch) -> None:
     """fp16 + GradScaler: double-backprop penalties may overflow at the initial scale 2**16 (the scaler then
