@@ -56,9 +56,9 @@ class GradAlign(Regularizer):
     ``(∂g2/∂θ)ᵀ ∂Ω/∂g2`` comes from a forward difference of the loss at ``x + η`` along ``∂Ω/∂g2`` (per-example
     step of L2 length ``fd_step``) instead of a second-order backward. No double backward is needed anywhere
     (fused attention kernels, ``torch.compile``, custom autograd functions all work). For ReLU networks the
-    difference also counts activation flips within the step, which double backprop ignores: on our Fashion-MNIST
-    runs (``benchmarks/gradalign_fd.py``) it still prevented catastrophic overfitting but reached lower PGD
-    accuracy than the exact estimator, at about the same cost on CPU. With ``symmetric=True`` both points are
+    difference also counts activation flips within the step, which double backprop ignores. On our Fashion-MNIST
+    runs (``benchmarks/gradalign_fd.py``) it matched the exact estimator's robustness on a smooth (softplus)
+    CNN and prevented catastrophic overfitting on a ReLU CNN, but with lower PGD accuracy there. With ``symmetric=True`` both points are
     probed afresh (the attack's clean pass is not reused).
 
     Args:
