@@ -6,7 +6,7 @@ Conventions: images are NCHW (any shape ``(N, ...)`` works) in ``[0, 1]``; ``eps
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -14,6 +14,7 @@ from torch import Tensor
 __all__ = [
     "bcast",
     "clip_delta",
+    "grads",
     "input_grad",
     "per_sample_quantile",
     "random_sign_like",
@@ -75,12 +76,31 @@ def input_grad(
     second-order terms, which then overflow fp16 (seen in BatchNorm's double backward); there the caller's
     ``GradScaler`` scales the whole second-order pass instead.
     """
+    (g,) = grads(objective, [point], create_graph=create_graph, retain_graph=retain_graph, allow_unused=False)
+    return g  # type: ignore[return-value]  # never None with allow_unused=False
+
+
+def grads(
+    objective: Tensor,
+    inputs: Sequence[Tensor],
+    *,
+    create_graph: bool = False,
+    retain_graph: bool | None = None,
+    allow_unused: bool = True,
+) -> list[Tensor | None]:
+    """Gradients of ``objective.sum()`` w.r.t. several tensors at once (inputs and/or parameters), with the
+    fp16 scaling of :func:`input_grad`; ``None`` for a tensor the objective does not depend on (an error with
+    ``allow_unused=False``)."""
     total = objective.sum() if objective.dim() > 0 else objective
-    scale = _FP16_INPUT_GRAD_SCALE if _fp16_autocast(point.device.type) and not create_graph else 1.0
-    (g,) = torch.autograd.grad(
-        total * scale if scale != 1.0 else total, point, create_graph=create_graph, retain_graph=retain_graph
+    scale = _FP16_INPUT_GRAD_SCALE if _fp16_autocast(total.device.type) and not create_graph else 1.0
+    out = torch.autograd.grad(
+        total * scale if scale != 1.0 else total,
+        list(inputs),
+        create_graph=create_graph,
+        retain_graph=retain_graph,
+        allow_unused=allow_unused,
     )
-    return g / scale if scale != 1.0 else g
+    return [None if g is None else (g / scale if scale != 1.0 else g) for g in out]
 
 
 def per_sample_quantile(t: Tensor, q: float) -> Tensor:

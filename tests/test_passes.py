@@ -38,9 +38,9 @@ ATTACKS = {
 REGS = {
     # η forward; ∇x ℓ(x+η) with graph; final backward through the η forward + one second-order pass
     "gradalign": (lambda: rf.GradAlign(seed=0), (1, 2, 1)),
-    # finite differences: η forward and ∇x ℓ(x+η) (no graph); a forward at x+η+r·d; the final backward runs
-    # through both forwards, first order only
-    "gradalign_fd": (lambda: rf.GradAlign(seed=0, estimator="fd"), (2, 3, 0)),
+    # finite differences: η forward and one backward for ∇x and ∇θ of ℓ(x+η) (nothing retained); a forward at
+    # x+η+t·c, whose graph the final backward runs through; first order only
+    "gradalign_fd": (lambda: rf.GradAlign(seed=0, estimator="fd"), (2, 2, 0)),
     # ... and through g1's graph too (second-order pass + backward through the clean forward)
     "gradalign_sym": (lambda: rf.GradAlign(seed=0, symmetric=True), (1, 3, 2)),
     # clean logits reused; the final backward runs through the clean forward

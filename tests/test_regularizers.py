@@ -324,8 +324,8 @@ def test_gradalign_fd_with_batchnorm_and_dropout_in_train_mode(dbatch) -> None:
         results[est] = (_param_grad(value, m), m.bn.running_mean.clone(), m.bn.num_batches_tracked.item(),
                         torch.rand(1).item())  # fmt: skip
     (ge, me, ne, re), (gf, mf, nf, rf_) = results["exact"], results["fd"]
-    # batch statistics couple the examples; per-example steps capture that coupling to O(1/batch) (1% here)
-    assert (gf - ge).norm() / ge.norm() < 2e-2 and F.cosine_similarity(gf, ge, dim=0) > 0.999
+    # one step along the whole batch's direction: batch-statistics coupling included, exact to O(fd_step)
+    assert (gf - ge).norm() / ge.norm() < 1e-4
     assert torch.equal(me, mf) and ne == nf == 2  # the clean pass and the x + η pass, not the shifted one
     assert re == rf_
 

@@ -1,20 +1,22 @@
 r"""Finite-difference second-order terms: ``∇θ ⟨c, ∇x ℓ(q)⟩`` without double backpropagation.
 
-A penalty ``Ω(g)`` of an input gradient ``g = ∇x Σ_i ℓ_i(q; θ)`` has the parameter gradient
-``∇θ Ω = (∂g/∂θ)ᵀ c`` with ``c = ∂Ω/∂g``. Per example this is the parameter gradient of the directional
-derivative of the loss along ``c_i``, approximated by a forward difference along the unit direction
-``ĉ_i = c_i / ‖c_i‖`` (L2 over all of an example's coordinates) with step ``r``:
+A penalty ``Ω(g)`` of an input gradient ``g = ∇x L(q; θ)``, ``L = Σ_i ℓ_i``, has the parameter gradient
+``∇θ Ω = (∂g/∂θ)ᵀ c`` with ``c = ∂Ω/∂g``: the parameter gradient of the directional derivative of ``L`` at ``q``
+along ``c``, taken here by a forward difference with step ``t``:
 
-.. math:: (∂g_i/∂θ)ᵀ c_i ≈ ∇θ \frac{‖c_i‖}{r}\big[ℓ_i(q_i + r ĉ_i) − ℓ_i(q_i)\big]
+.. math:: (∂g/∂θ)ᵀ c ≈ \frac{∇θ L(q + t\,c) − ∇θ L(q)}{t},\qquad t = r / \max_i ‖c_i‖
 
-One more forward at ``q + r ĉ`` and ordinary first-order backward passes replace the second-order pass, so
-the term also works where double backward is missing (fused attention, ``torch.compile``, custom autograd
-functions). The second forward replays the first one's random numbers (same dropout masks) and leaves
-BatchNorm running statistics as the first forward left them.
+so that no example moves farther than ``r`` (L2 over its coordinates). ``∇θ L(q)`` comes from the same backward
+pass that computes ``g`` (:func:`probe`: one forward, one backward, nothing retained); the difference costs one
+more forward at ``q + t c`` and its first-order backward, which the training step's final backward performs.
+It also works where double backward is missing (fused attention, ``torch.compile``, custom autograd functions).
+The second forward replays the first one's random numbers (same dropout masks) and leaves BatchNorm running
+statistics as the first forward left them; as one step along the whole batch's ``c`` it is the directional
+derivative of the batch loss, coupling through batch statistics included.
 
 Exact as ``r → 0`` for twice-differentiable models; for ReLU networks the difference also sees activation
-patterns that flip within ``r`` (curvature that double backprop, being an almost-everywhere derivative,
-ignores), so the two estimates differ there: a smoothed, not a noisy, version of the same quantity.
+patterns that flip within the step (curvature that double backprop, an almost-everywhere derivative, ignores),
+so the two estimates differ there.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..losses import cross_entropy
-from ..ops import bcast, input_grad
+from ..ops import grads
 
 __all__ = ["Probe", "fd_grad_vjp", "probe"]
 
@@ -58,18 +60,20 @@ def _running_stats_untouched(model: nn.Module) -> Iterator[None]:
 
 @dataclass
 class Probe:
-    """A forward at ``point`` kept for a later finite difference.
+    """A forward and backward at ``point`` kept for a later finite difference.
 
     Attributes:
         point: the detached input the forward ran on.
-        losses: per-sample cross-entropy at ``point``, attached to the parameters' graph.
-        grad: detached per-example input gradient ``∇x Σ_i ℓ_i`` at ``point``.
+        grad: detached input gradient ``∇x Σ_i ℓ_i`` at ``point`` (per-example rows).
+        params: the trainable parameters of the model.
+        param_grads: detached ``∇θ Σ_i ℓ_i`` at ``point`` for each of ``params`` (``None`` where unused).
         rng: random-number-generator states before the forward (replayed by :func:`fd_grad_vjp`).
     """
 
     point: Tensor
-    losses: Tensor
     grad: Tensor
+    params: list[Tensor]
+    param_grads: list[Tensor | None]
     rng: tuple[Tensor, Tensor | None]
 
 
@@ -85,12 +89,13 @@ def _set_rng_state(state: tuple[Tensor, Tensor | None], device: torch.device) ->
 
 
 def probe(model: nn.Module, point: Tensor, y: Tensor) -> Probe:
-    """One forward at ``point`` and a first-order backward for its input gradient; the graph is retained."""
+    """One forward at ``point`` and one backward for the input and the parameter gradients of ``Σ_i ℓ_i``."""
     rng = _rng_state(point.device)
     leaf = point.detach().requires_grad_(True)
-    losses = cross_entropy(model(leaf), y)
-    grad = input_grad(losses, leaf, retain_graph=True)
-    return Probe(point=leaf.detach(), losses=losses, grad=grad.detach(), rng=rng)
+    params = [q for q in model.parameters() if q.requires_grad]
+    g, *pg = grads(cross_entropy(model(leaf), y), [leaf, *params])
+    assert g is not None  # the input always reaches its own loss
+    return Probe(point=leaf.detach(), grad=g, params=params, param_grads=pg, rng=rng)
 
 
 def fd_grad_vjp(model: nn.Module, p: Probe, y: Tensor, cotangent: Tensor, step: float) -> Tensor:
@@ -101,17 +106,20 @@ def fd_grad_vjp(model: nn.Module, p: Probe, y: Tensor, cotangent: Tensor, step: 
         p: the :class:`Probe` at the expansion point.
         y: labels.
         cotangent: ``∂Ω/∂g`` for the probe's gradient, shape of ``p.point`` (detached).
-        step: L2 length ``r`` of each example's difference step, in input units.
+        step: L2 length ``r`` of the largest example's difference step, in input units.
     """
     c = cotangent.detach()
-    norms = c.flatten(1).norm(dim=1)
-    direction = c / bcast(norms.clamp_min(torch.finfo(c.dtype).tiny), c)
+    t = step / c.flatten(1).norm(dim=1).max().clamp_min(torch.finfo(c.dtype).tiny)
     after = _rng_state(p.point.device)
     _set_rng_state(p.rng, p.point.device)
     try:
         with _running_stats_untouched(model):
-            shifted = cross_entropy(model(p.point + step * direction), y)
+            shifted = cross_entropy(model(p.point + t * c), y).sum()
     finally:
         _set_rng_state(after, p.point.device)
-    term = (norms / step * (shifted - p.losses)).sum()
+    # ∇θ of the base term Σ_i ℓ_i(q) is known from the probe: a linear surrogate ⟨θ, G⟩ carries it
+    base = sum(
+        ((q * g).sum() for q, g in zip(p.params, p.param_grads) if g is not None), torch.zeros((), device=c.device)
+    )
+    term = (shifted - base) / t
     return term - term.detach()

@@ -53,13 +53,15 @@ class GradAlign(Regularizer):
     backward compute ``g1``.
 
     Finite differences (``estimator="fd"``): the value is the same; its parameter gradient
-    ``(∂g2/∂θ)ᵀ ∂Ω/∂g2`` comes from a forward difference of the loss at ``x + η`` along ``∂Ω/∂g2`` (per-example
-    step of L2 length ``fd_step``) instead of a second-order backward. No double backward is needed anywhere
-    (fused attention kernels, ``torch.compile``, custom autograd functions all work). For ReLU networks the
-    difference also counts activation flips within the step, which double backprop ignores. On our Fashion-MNIST
-    runs (``benchmarks/gradalign_fd.py``) it matched the exact estimator's robustness on a smooth (softplus)
-    CNN and prevented catastrophic overfitting on a ReLU CNN, but with lower PGD accuracy there. With ``symmetric=True`` both points are
-    probed afresh (the attack's clean pass is not reused).
+    ``(∂g2/∂θ)ᵀ ∂Ω/∂g2`` comes from a forward difference of the loss at ``x + η`` along ``∂Ω/∂g2`` (no example
+    moved farther than ``fd_step`` in L2) instead of a second-order backward; the backward that computes ``g2``
+    also gives the difference's base term, so the cost is one forward more than FGSM + one forward and two
+    first-order backwards. No double backward is needed anywhere (fused attention kernels, ``torch.compile``,
+    custom autograd functions all work). For ReLU networks the difference also counts activation flips within
+    the step, which double backprop ignores. On our Fashion-MNIST runs (``benchmarks/gradalign_fd.py``) it
+    matched the exact estimator's robustness on a smooth (softplus) CNN and prevented catastrophic overfitting on
+    a ReLU CNN, but with lower PGD accuracy there. With ``symmetric=True`` both points are probed afresh (the
+    attack's clean pass is not reused).
 
     Args:
         eps: radius of the uniform noise ``η`` in pixel units (default ``8/255``; use the training ε).
@@ -69,7 +71,7 @@ class GradAlign(Regularizer):
         clamp_eta: clamp ``x + η`` to ``[0, 1]`` (default False, code parity).
         seed: seeds a private generator for ``η`` (``None``: the global RNG).
         estimator: ``"exact"`` (double backpropagation, the paper's) or ``"fd"`` (finite differences).
-        fd_step: L2 length of the finite-difference step per example, in pixel units (``None``: ``eps``).
+        fd_step: L2 length of the largest example's finite-difference step, in pixel units (``None``: ``eps``).
 
     Example:
         >>> reg = GradAlign(eps=8/255, lam=GradAlign.paper_lambda(8/255))
