@@ -152,7 +152,7 @@ class GradAlign(Regularizer):
         clean = probe(model, x, ctx.y) if self.symmetric else None
         g1 = clean.grad if clean is not None else clean_ce_grad(model, ctx, create_graph=False).detach()
         noisy = probe(model, self._noisy_point(x), ctx.y)
-        a, b = g1.clone().requires_grad_(True), noisy.grad.clone().requires_grad_(True)
+        a, b = g1.detach().requires_grad_(True), noisy.grad.detach().requires_grad_(True)  # new leaves, no copy
         omega = grad_align_cos(a, b)
         da, db = torch.autograd.grad(omega, (a, b))  # ∂Ω/∂g: zero on skipped rows
         out = omega.detach() + fd_grad_vjp(model, noisy, ctx.y, db, self.fd_step)
