@@ -87,18 +87,14 @@ def naive_gradalign_loss(model: nn.Module, x, y, eps: float, lam: float, gen: to
     Run under ``math_attention`` (a no-op for CNNs): fused attention kernels have no double backward.
     """
     with math_attention(model):
-        return _naive_gradalign_loss(model, x, y, eps, lam, gen)
-
-
-def _naive_gradalign_loss(model: nn.Module, x, y, eps: float, lam: float, gen: torch.Generator):
-    xr = x.detach().requires_grad_(True)
-    g_atk = torch.autograd.grad(F.cross_entropy(model(xr), y, reduction="sum"), xr)[0]  # the FGSM attack
-    x_adv = (x + eps * g_atk.sign()).clamp(0, 1).detach()
-    x1 = x.detach().requires_grad_(True)
-    g1 = torch.autograd.grad(F.cross_entropy(model(x1), y, reduction="sum"), x1, create_graph=True)[0]
-    x2 = (x + torch.empty_like(x).uniform_(-eps, eps, generator=gen)).requires_grad_(True)
-    g2 = torch.autograd.grad(F.cross_entropy(model(x2), y, reduction="sum"), x2, create_graph=True)[0]
-    return F.cross_entropy(model(x_adv), y) + lam * grad_align_cos(g1.detach(), g2)
+        xr = x.detach().requires_grad_(True)
+        g_atk = torch.autograd.grad(F.cross_entropy(model(xr), y, reduction="sum"), xr)[0]  # the FGSM attack
+        x_adv = (x + eps * g_atk.sign()).clamp(0, 1).detach()
+        x1 = x.detach().requires_grad_(True)
+        g1 = torch.autograd.grad(F.cross_entropy(model(x1), y, reduction="sum"), x1, create_graph=True)[0]
+        x2 = (x + torch.empty_like(x).uniform_(-eps, eps, generator=gen)).requires_grad_(True)
+        g2 = torch.autograd.grad(F.cross_entropy(model(x2), y, reduction="sum"), x2, create_graph=True)[0]
+        return F.cross_entropy(model(x_adv), y) + lam * grad_align_cos(g1.detach(), g2)
 
 
 def handwritten_fgsm_loss(model: nn.Module, x, y, eps: float):
