@@ -1,63 +1,150 @@
-"""The per-step context shared by an attack, the regularizers and the trainer.
+"""The step record: what an attack returns, and what the training loss and the regularizers read.
 
-An attack fills what it computed anyway (the random start, its input gradient, the clean logits and the
-clean input gradient when its gradient was taken at the clean point with plain cross-entropy); the trainer
-adds the adversarial logits of its training forward; regularizers read what they need and compute only the
-rest. This is how FGSM + GradAlign reuses FGSM's gradient (as the paper's code does) and AdvLC reuses the
-training forward, with no extra passes.
+:meth:`robustfast.Attack.craft` returns a :class:`StepContext`: the clean and adversarial inputs in pixel space,
+the network view every pass of the step must use, the input space the caller works in, and whatever the attack
+computed anyway (the clean logits, the clean input gradient when its gradient was taken at the clean point with
+plain cross-entropy). The training loss adds the adversarial logits of the training forward; regularizers read
+what they need through the methods below, which reuse a stored value when it is valid and compute it otherwise.
+This is how FGSM + GradAlign reuses FGSM's gradient (as the paper's code does) and AdvLC reuses the training
+forward, with no extra passes.
 
-All gradients stored here are per-example input gradients, i.e. gradients of the **sum** over the batch of
-per-sample losses.
+All gradients are per-example input gradients, i.e. gradients of the **sum** over the batch of per-sample
+losses.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor
 
+from .errors import RobustfastError
+from .losses import cross_entropy
+from .modes import policy_matches
+from .ops import input_grad
+
 __all__ = ["REQUESTS", "StepContext"]
 
-#: What a regularizer can ask the attack to keep attached to the autograd graph.
-#: ``"clean_logits"``: logits at the clean ``x`` with their graph (AdvLC, SEAT);
+#: What a consumer can ask the step to keep attached to the autograd graph.
+#: ``"clean_logits"``: logits at the clean ``x`` with their graph (AdvLC, SEAT, TRADES);
 #: ``"clean_grad_graph"``: the clean input gradient computed with ``create_graph=True`` (symmetric GradAlign,
 #: CURE, GradNorm); ``"adv_grad_graph"``: the training forward at ``x_adv`` runs on a leaf that requires grad,
-#: so ``∇x ℓ(x_adv)`` comes from it without another forward (CURE).
+#: so ``∇x ℓ(x_adv)`` comes from it without another forward (CURE) and the final backward leaves the input
+#: gradient in ``ctx.adv_point.grad`` (Free-AT).
 REQUESTS = frozenset({"clean_logits", "clean_grad_graph", "adv_grad_graph"})
+
+Network = Callable[[Tensor], Tensor]
 
 
 @dataclass
 class StepContext:
-    """Scratchpad for one training (or evaluation) step.
+    """The record of one training (or evaluation) step.
 
     Attributes:
-        x: clean inputs in ``[0, 1]``.
+        x: clean inputs in pixel space ``[0, 1]``.
         y: integer labels ``(N,)``.
-        requests: names from :data:`REQUESTS` that consumers asked the attack to keep with their graph.
-        x_adv: the adversarial inputs (detached), set by the attack.
-        init: the attack's starting perturbation (its random start; ``None`` means zero).
-        grad: detached per-example input gradient of the attack objective at ``x + init``.
+        index: dataset indices ``(N,)`` when the loader yields them (``None`` otherwise).
+        model: the pixel-space network every pass of the step uses (the attack's model, with the attack's
+            normalization applied first when it was set with ``set_normalization_used``).
+        space: the space the caller's tensors live in: ``"pixel"`` or ``"normalized"``.
+        requests: names from :data:`REQUESTS` that consumers asked the step to keep with their graph.
+        x_adv: the adversarial inputs in pixel space (detached), set by the attack.
         clean_logits: logits at the clean ``x`` (attached to the graph when ``"clean_logits"`` was requested).
         clean_grad: per-example ``∇x CE(f(x), y)`` at the clean ``x`` (attached when ``"clean_grad_graph"``
-            was requested); only set by attacks whose objective is plain untargeted cross-entropy.
-        adv_logits: logits of the training forward at ``x_adv`` (set by the trainer or a regularizer).
-        attack_mode: the BN/dropout policy the attack's forward passes ran under.
+            was requested).
+        adv_logits: logits of the training forward at ``x_adv`` (set by the training loss or a regularizer).
+        adv_point: the leaf tensor the training forward ran on, when ``"adv_grad_graph"`` was requested.
+        loss: the training loss of this step (with its graph), set once the training loss is computed.
+        attack_mode: the BatchNorm/dropout policy the attack's forward passes ran under.
         extras: free-form storage for method-specific intermediates.
     """
 
     x: Tensor
     y: Tensor
-    requests: set[str] = field(default_factory=set)
+    index: Tensor | None = None
+    model: Network | None = None
+    space: Literal["pixel", "normalized"] = "pixel"
+    requests: frozenset[str] | set[str] = field(default_factory=frozenset)
     x_adv: Tensor | None = None
-    init: Tensor | None = None
-    grad: Tensor | None = None
     clean_logits: Tensor | None = None
     clean_grad: Tensor | None = None
     adv_logits: Tensor | None = None
+    adv_point: Tensor | None = None
+    loss: Tensor | None = None
     attack_mode: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    _checked_mode: bool = field(default=False, repr=False)
 
     def wants(self, name: str) -> bool:
         """True when a consumer asked for ``name`` (one of :data:`REQUESTS`)."""
         return name in self.requests
+
+    def net(self, model: Network | None = None) -> Network:
+        """The network to run: ``model`` when given, else the step's :attr:`model`."""
+        net = model if model is not None else self.model
+        if net is None:
+            raise RobustfastError("StepContext: no model; pass one or set ctx.model")
+        return net
+
+    # ------------------------------------------------------------------ reuse
+    def forget_stale(self, model: Any) -> None:
+        """Drop the attack's clean values once per step when its forward passes ran in another mode than the
+        model's current one (e.g. an eval-mode attack during training): they are recomputed where needed."""
+        if self._checked_mode:
+            return
+        self._checked_mode = True
+        if not policy_matches(model, self.attack_mode):
+            self.clean_grad, self.clean_logits = None, None
+
+    def clean_ce_grad(
+        self, model: Network | None = None, *, create_graph: bool = False, keep_logits: bool = False
+    ) -> Tensor:
+        """Per-example ``∇x CE(f(x), y)`` at the clean point, reused when already computed.
+
+        A stored detached gradient is reused when ``create_graph=False``; with ``create_graph=True`` only one that
+        kept its graph. Computed here it costs one forward and one backward, and the forward's logits are stored in
+        :attr:`clean_logits` (kept attached with ``keep_logits``, or when ``"clean_logits"`` was requested), so a
+        second consumer (SEAT, AdvLC, TRADES) reuses them at no extra pass.
+        """
+        g = self.clean_grad
+        if g is not None and (not create_graph or g.requires_grad):
+            return g
+        point = self.x.detach().requires_grad_(True)
+        logits = self.net(model)(point)
+        keep = keep_logits or create_graph or self.wants("clean_logits")
+        g = input_grad(cross_entropy(logits, self.y), point, create_graph=create_graph, retain_graph=keep)
+        self.clean_grad = g if create_graph else g.detach()
+        if self.clean_logits is None or (keep and not self.clean_logits.requires_grad):
+            self.clean_logits = logits if keep else logits.detach()
+        return self.clean_grad
+
+    def clean_logits_graph(self, model: Network | None = None) -> Tensor:
+        """Logits at the clean ``x`` with their graph: reused when attached, else one forward."""
+        if self.clean_logits is None or not self.clean_logits.requires_grad:
+            self.clean_logits = self.net(model)(self.x)
+        return self.clean_logits
+
+    def adv_logits_graph(self, model: Network | None = None) -> Tensor:
+        """Logits at ``x_adv`` with their graph: the training forward's when it ran, else one forward here."""
+        if self.x_adv is None:
+            raise RobustfastError("this method needs x_adv; pass it (reg(model, x, y, x_adv))")
+        if self.adv_logits is None:
+            point = self.x_adv
+            if self.wants("adv_grad_graph"):
+                point = self.x_adv.detach().requires_grad_(True)
+                self.adv_point = point
+            self.adv_logits = self.net(model)(point)
+        return self.adv_logits
+
+    def adv_ce_grad(self, model: Network | None = None, *, create_graph: bool) -> Tensor:
+        """Per-example ``∇x CE(f(x_adv), y)``: from the training forward when it ran on a leaf that requires grad
+        (``"adv_grad_graph"``), else from one forward here (whose logits become :attr:`adv_logits`)."""
+        if self.x_adv is None:
+            raise RobustfastError("this method needs x_adv; pass it (reg(model, x, y, x_adv))")
+        if self.adv_point is None or self.adv_logits is None or not self.adv_logits.requires_grad:
+            self.adv_point = self.x_adv.detach().requires_grad_(True)
+            self.adv_logits = self.net(model)(self.adv_point)
+        return input_grad(cross_entropy(self.adv_logits, self.y), self.adv_point, create_graph=create_graph,
+                          retain_graph=True)  # fmt: skip

@@ -20,7 +20,7 @@ from torch.nn.modules.dropout import _DropoutNd
 
 from .errors import RobustfastError
 
-__all__ = ["BNMode", "ModePolicy", "model_mode", "resolve_policy"]
+__all__ = ["BNMode", "ModePolicy", "model_mode", "policy_matches", "resolve_policy"]
 
 BNMode = Literal["eval", "train", "train_no_stats", "inherit"]
 
@@ -109,3 +109,29 @@ def model_mode(model: nn.Module, mode: str | ModePolicy) -> Iterator[nn.Module]:
             m.running_mean.copy_(mean)
             m.running_var.copy_(var)
             m.num_batches_tracked.copy_(n)
+
+
+def policy_matches(model: nn.Module, mode: str | None) -> bool:
+    """Whether forward passes under the policy named ``mode`` equal forward passes in the model's current mode.
+
+    Only BatchNorm and dropout/stochastic-depth modules are compared (the modules whose output depends on
+    ``training``). ``None`` and ``"inherit"`` always match; custom :class:`ModePolicy` objects never do.
+    """
+    if mode is None or mode == "inherit" or not isinstance(model, nn.Module):
+        return True
+    policy = POLICIES.get(mode)
+    if policy is None:
+        return False
+    drop_types = _dropout_types()
+    for m in model.modules():
+        is_bn, is_drop = isinstance(m, _BatchNorm), isinstance(m, drop_types)
+        if not (is_bn or is_drop):
+            continue
+        flag = m.training if policy.model_training is None else policy.model_training
+        if is_bn and policy.batchnorm_training is not None:
+            flag = policy.batchnorm_training
+        elif is_drop and policy.dropout_training is not None:
+            flag = policy.dropout_training
+        if flag != m.training:
+            return False
+    return True

@@ -19,6 +19,7 @@ __all__ = [
     "per_sample_quantile",
     "random_sign_like",
     "uniform_like",
+    "uniform_start",
 ]
 
 
@@ -31,6 +32,11 @@ def uniform_like(x: Tensor, radius: float, generator: torch.Generator | None = N
     """``U([-radius, radius])`` noise with the shape, dtype and device of ``x``."""
     u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return (2.0 * u - 1.0) * radius
+
+
+def uniform_start(x: Tensor, radius: float, generator: torch.Generator | None = None) -> Tensor:
+    """A random start ``η ~ U([-radius, radius])`` clipped so that ``x + η ∈ [0, 1]`` (Wong et al.'s code)."""
+    return clip_delta(uniform_like(x, radius, generator), x, None)
 
 
 def random_sign_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -1,6 +1,9 @@
 """Datasets: torchvision loaders (CIFAR-10/100, SVHN, ImageNet) with the papers' augmentation, and offline
 real data (scikit-learn's digits, Debian's Fashion-MNIST) for tests, examples and benchmarks. Images in [0, 1]."""
 
+# --- per-example identity (indexed.py) ---
+from .indexed import IndexedDataset
+
 # --- offline real data (offline.py) ---
 from .offline import (
     FASHION_MNIST_DIR,
@@ -25,6 +28,7 @@ __all__ = [
     "DOWNLOAD_TIMEOUT_S",
     "FASHION_MNIST_DIR",
     "VISION_DATASETS",
+    "IndexedDataset",
     "VisionDatasetInfo",
     "list_vision_datasets",
     "load_digits_tensors",

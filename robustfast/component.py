@@ -1,0 +1,181 @@
+"""The method protocol shared by attacks, regularizers, training losses and trainer plugins.
+
+Every part of a training step is a :class:`Component`. A component
+
+* **owns its state.** ``state_attrs`` (accumulated over the class hierarchy) names the attributes that change
+  during training: random generators, per-example memories, adaptive weights, hyper-parameters raised by
+  strengthening. :meth:`Component.state_dict` / :meth:`Component.load_state_dict` save and restore exactly
+  those, so the trainer checkpoints, resumes and rolls back any method without knowing which one it runs.
+* **declares its response to catastrophic overfitting** by overriding :meth:`Component._strengthen` (a larger
+  λ, a larger ZeroGrad ``q``, a smaller FGSM step...). :meth:`Component.strengthen` applies it and counts it in
+  ``strength``, so strengthening accumulates across rollbacks.
+* **may join the training loop's phases** by defining methods named after hook points
+  (:data:`robustfast.training.callbacks.HOOKS`, e.g. ``on_after_attack``, ``on_before_optimizer_step``); the
+  trainer calls them with the keyword arguments they name, like any callback.
+
+:class:`ExampleMemory` is the building block for per-example state that survives across epochs (keyed by the
+dataset indices that loaders yield as a third element; see :class:`robustfast.data.IndexedDataset`).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from .errors import RobustfastError
+
+__all__ = ["Component", "ExampleMemory"]
+
+
+def _snapshot(value: Any) -> Any:
+    if hasattr(value, "state_dict") and callable(value.state_dict):
+        return value.state_dict()
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    return copy.deepcopy(value)
+
+
+class Component:
+    """Base of attacks, regularizers, training losses and trainer plugins (see the module docs).
+
+    Attributes:
+        state_attrs: names of the attributes saved by :meth:`state_dict` (each class adds its own; the base
+            classes add e.g. the random generator).
+        strength: how many times :meth:`strengthen` changed this component (saved in its state).
+    """
+
+    state_attrs: ClassVar[tuple[str, ...]] = ()
+    strength: int = 0
+
+    @classmethod
+    def state_names(cls) -> tuple[str, ...]:
+        """All state attribute names of this class and its bases, base classes first."""
+        names: list[str] = []
+        for klass in reversed(cls.__mro__):
+            for n in klass.__dict__.get("state_attrs", ()):
+                if n not in names:
+                    names.append(n)
+        return tuple(names)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain values only (safe for ``torch.load(weights_only=True)``)."""
+        out: dict[str, Any] = {"strength": self.strength}
+        for n in self.state_names():
+            out[n] = _snapshot(getattr(self, n))
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; objects with their own ``load_state_dict`` are restored in place."""
+        name = type(self).__name__
+        if not isinstance(state, dict):
+            raise RobustfastError(f"{name}.load_state_dict: expected a dict, got {type(state).__name__}")
+        missing = [n for n in self.state_names() if n not in state]
+        if missing:
+            raise RobustfastError(
+                f"{name}.load_state_dict: the state lacks {missing}; it was saved by another method or version"
+            )
+        self.strength = int(state.get("strength", 0))
+        for n in self.state_names():
+            current, value = getattr(self, n, None), state[n]
+            if hasattr(current, "load_state_dict") and callable(current.load_state_dict):
+                current.load_state_dict(value)
+            else:
+                setattr(self, n, value.clone() if isinstance(value, Tensor) else copy.deepcopy(value))
+
+    def strengthen(self) -> str | None:
+        """Apply this method's response to catastrophic overfitting; returns what changed, or ``None``.
+
+        Override :meth:`_strengthen`, not this method: this one counts successful changes in ``strength``.
+        """
+        change = self._strengthen()
+        if change is not None:
+            self.strength += 1
+        return change
+
+    def _strengthen(self) -> str | None:
+        """Make training stronger against catastrophic overfitting; ``None``: nothing to strengthen (default)."""
+        return None
+
+
+class ExampleMemory:
+    """Per-example tensors keyed by dataset index, allocated and grown on demand.
+
+    Values are stored on the device of the first tensor written. Rows never written read as ``fill``, and
+    :meth:`get` also says which rows were written. Saved and restored with its owner's state.
+
+    Args:
+        fill: value of rows not written yet (default 0).
+    """
+
+    def __init__(self, fill: float = 0.0) -> None:
+        self.fill = float(fill)
+        self.data: Tensor | None = None
+        self.written: Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.data is None else self.data.shape[0]
+
+    @staticmethod
+    def _check_index(index: Tensor, n: int) -> Tensor:
+        if not isinstance(index, Tensor) or index.dim() != 1 or index.shape[0] != n:
+            raise RobustfastError(f"ExampleMemory: index must be a 1-d tensor of {n} dataset indices")
+        if index.is_floating_point() or index.dtype == torch.bool:
+            raise RobustfastError(f"ExampleMemory: index must hold integers, got {index.dtype}")
+        if n and int(index.min()) < 0:
+            raise RobustfastError("ExampleMemory: dataset indices must be >= 0")
+        return index.long()
+
+    def _grow(self, size: int, like: Tensor) -> None:
+        if self.data is not None and self.data.shape[1:] != like.shape[1:]:
+            raise RobustfastError(
+                f"ExampleMemory: stored rows have shape {tuple(self.data.shape[1:])}, got {tuple(like.shape[1:])}"
+            )
+        have = len(self)
+        if size <= have:
+            return
+        size = max(size, 2 * have)
+        data = torch.full((size, *like.shape[1:]), self.fill, dtype=like.dtype, device=like.device)
+        written = torch.zeros(size, dtype=torch.bool, device=like.device)
+        if self.data is not None and self.written is not None:
+            data[:have] = self.data.to(like.device)
+            written[:have] = self.written.to(like.device)
+        self.data, self.written = data, written
+
+    def get(self, index: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+        """Rows ``index`` (shaped like ``like``, on its device and dtype) and a mask of the rows written before."""
+        index = self._check_index(index, like.shape[0])
+        out = torch.full_like(like, self.fill)
+        seen = torch.zeros(like.shape[0], dtype=torch.bool, device=like.device)
+        if self.data is not None and self.written is not None and like.shape[0]:
+            inside = index < len(self)
+            idx = index[inside].to(self.data.device)
+            out[inside] = self.data[idx].to(like.device, like.dtype)
+            seen[inside] = self.written[idx].to(like.device)
+        return out, seen
+
+    def set(self, index: Tensor, values: Tensor) -> None:
+        """Write rows ``index`` (values are detached and stored)."""
+        index = self._check_index(index, values.shape[0])
+        if not values.shape[0]:
+            return
+        self._grow(int(index.max()) + 1, values)
+        assert self.data is not None and self.written is not None
+        idx = index.to(self.data.device)
+        self.data[idx] = values.detach().to(self.data.device, self.data.dtype)
+        self.written[idx] = True
+
+    def clear(self) -> None:
+        """Forget every row (FGSM-PGI's periodic reset)."""
+        self.data, self.written = None, None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stored rows and the written mask (``None`` before the first write)."""
+        return {"fill": self.fill, "data": _snapshot(self.data), "written": _snapshot(self.written)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`."""
+        self.fill = float(state["fill"])
+        self.data, self.written = state["data"], state["written"]
