@@ -1,27 +1,35 @@
-"""Attacks: torchattacks-style classes for fast adversarial training and evaluation."""
+"""Attacks: torchattacks-style classes for fast adversarial training and evaluation.
 
-from .base import ATTACKS, Attack, create_attack, list_attacks, register_attack
-from .fgsm import FGSM
-from .multigrad import MultiGrad
-from .nfgsm import NFGSM
-from .pgd import PGD
-from .rs import RS
-from .seat import SEATAttack, linearity_error
-from .zerograd import ZeroGrad, zerograd_mask
+Every module of this package is imported here, so an attack registers itself by living in a file of its own
+(``@register_attack("name")``); its class and functional kernel are re-exported from this package.
+"""
+
+from .._discover import import_submodules
+from .base import (
+    ATTACKS,
+    KERNELS,
+    Attack,
+    GradFn,
+    Magnitude,
+    create_attack,
+    kernel,
+    least_likely,
+    list_attacks,
+    loss_grad_fn,
+    register_attack,
+)
 
 __all__ = [
     "ATTACKS",
-    "FGSM",
-    "NFGSM",
-    "PGD",
-    "RS",
+    "KERNELS",
     "Attack",
-    "MultiGrad",
-    "SEATAttack",
-    "ZeroGrad",
+    "GradFn",
+    "Magnitude",
     "create_attack",
-    "linearity_error",
+    "kernel",
+    "least_likely",
     "list_attacks",
+    "loss_grad_fn",
     "register_attack",
-    "zerograd_mask",
 ]
+__all__ += import_submodules(__name__, globals(), skip=("base",))

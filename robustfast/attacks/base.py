@@ -1,38 +1,78 @@
-"""The ``Attack`` base class: torchattacks conventions, with the side effects fixed.
+"""The ``Attack`` base class: torchattacks conventions, with the side effects fixed, on the method protocol.
 
-Subclasses implement :meth:`Attack.perturb` (the algorithm, reading like the math of the paper) and use
-the helpers here for everything else: argument checks, input checks, mode handling, normalization, targeted
-modes, reproducible randomness and the shared :class:`~robustfast.context.StepContext`.
+Subclasses declare their hyper-parameters (:class:`Magnitude` for pixel-unit sizes such as ``alpha``) and
+implement :meth:`Attack.perturb`, which calls the attack's functional kernel (``robustfast.functional``). The base
+class does everything else: argument and input checks, model modes, normalization, targeted modes, reproducible
+randomness, the step record (:class:`~robustfast.context.StepContext`) and the method protocol's state and
+strengthening (:class:`~robustfast.component.Component`).
 """
 
 from __future__ import annotations
 
-import math
-import numbers
+import os
+import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
 
+from .._checks import (
+    as_magnitude,
+    check_batch,
+    check_labels_in_range,
+    check_logits,
+    check_model_dtype,
+    input_bounds,
+    range_problem,
+)
+from .._random import SeededRNG
 from .._registry import Registry
+from ..component import Component
 from ..context import StepContext
 from ..errors import RobustfastError
 from ..losses import cross_entropy
 from ..modes import ModePolicy, model_mode, resolve_policy
 from ..ops import input_grad
 
-__all__ = ["ATTACKS", "Attack", "create_attack", "list_attacks", "register_attack"]
+__all__ = [
+    "ATTACKS",
+    "KERNELS",
+    "Attack",
+    "GradFn",
+    "Magnitude",
+    "create_attack",
+    "kernel",
+    "least_likely",
+    "list_attacks",
+    "loss_grad_fn",
+    "register_attack",
+]
 
 ATTACKS = Registry("attack")
 register_attack = ATTACKS.register
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+#: ``grad_fn(delta)`` returns the detached per-example input gradient of the objective at ``x + delta``
+#: (``delta=None``: at the clean ``x``). Kernels take one, so the classes can reuse and publish gradients.
+GradFn = Callable[[Tensor | None], Tensor]
 
-# Inputs may leave [0, 1] by this much (float round-off, e.g. after a normalize/inverse round trip).
-_RANGE_TOL = 1e-4
+
+#: The functional kernels (``robustfast.functional``), by name; filled by :func:`kernel`.
+KERNELS: dict[str, Callable[..., Tensor]] = {}
+
+_F = TypeVar("_F", bound=Callable[..., Tensor])
+
+
+def kernel(fn: _F) -> _F:
+    """Decorator listing an attack's functional kernel in ``robustfast.functional`` (under its own name)."""
+    if fn.__name__ in KERNELS and KERNELS[fn.__name__] is not fn:
+        raise RobustfastError(f"kernel name {fn.__name__!r} is already registered")
+    KERNELS[fn.__name__] = fn
+    return fn
 
 
 def list_attacks(pattern: str = "*") -> list[str]:
@@ -40,56 +80,164 @@ def list_attacks(pattern: str = "*") -> list[str]:
     return ATTACKS.list(pattern)
 
 
-def create_attack(name: str, model: nn.Module, **kwargs: Any) -> Attack:
-    """Build a registered attack by name, e.g. ``create_attack("zerograd", model, q=0.35)``."""
-    return ATTACKS.get(name)(model, **kwargs)
+def create_attack(name: str, model: nn.Module, *args: Any, **kwargs: Any) -> Attack:
+    """Build a registered attack by name, e.g. ``create_attack("zerograd", model, q=0.35)``.
+
+    Unknown keyword arguments raise a :class:`RobustfastError` that lists the accepted ones.
+    """
+    cls = ATTACKS.get(name)
+    _check_kwargs(cls, kwargs, f"attack {name!r}")
+    return cls(model, *args, **kwargs)
 
 
-def check_eps_like(owner: str, name: str, value: float | None, *, allow_none: bool = True) -> None:
-    """Validate a pixel-unit magnitude (eps, alpha, noise): a finite number in [0, 1]."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise RobustfastError(f"{owner}({name}={value!r}): {name} must be a finite number in pixel units")
-    if value < 0:
-        raise RobustfastError(f"{owner}({name}={value}): {name} must be >= 0")
-    if value > 1:
-        raise RobustfastError(
-            f"{owner}({name}={value}): {name} looks like a 0-255 scale but inputs are in [0, 1]; "
-            f"did you mean {name}={value:g}/255?"
-        )
+def _check_kwargs(cls: type, kwargs: dict[str, Any], what: str) -> None:
+    import difflib
+    import inspect
+
+    accepted: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters
+        accepted += [p for p in params if p not in ("self", "model") and params[p].kind is not params[p].VAR_KEYWORD]
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            break
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, accepted, n=1)
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise RobustfastError(f"{what} got unknown argument(s) {', '.join(hints)}; it accepts {sorted(set(accepted))}")
 
 
-class Attack:
-    """Base class of every robustfast attack (L∞ threat model, inputs in ``[0, 1]``).
+def loss_grad_fn(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, loss_fn: LossFn | None = None) -> GradFn:
+    """The default gradient oracle of the functional kernels: ``∇ Σ_i loss_fn(model(x + δ), y)_i`` (detached).
+
+    ``loss_fn`` is per-sample (default: cross-entropy). Parameter ``.grad`` is never written.
+    """
+    fn = loss_fn or cross_entropy
+
+    def grad(delta: Tensor | None) -> Tensor:
+        point = (x if delta is None else x + delta).detach().requires_grad_(True)
+        with torch.enable_grad():
+            return input_grad(fn(model(point), y), point).detach()
+
+    return grad
+
+
+class Magnitude:
+    """A pixel-unit hyper-parameter of an attack (``alpha``, ``noise``...): validated on assignment.
+
+    ``None`` means ``relative * eps`` (read back as that number), so the default follows ``eps`` (also under
+    :meth:`Attack.scaled`). Values are in ``[0, 1]``; ``8`` raises "did you mean 8/255?".
+
+    Args:
+        relative: the default as a multiple of ``eps`` (``None``: the value is required, as for ``eps``).
+        optional: ``None`` stays ``None`` (e.g. N-FGSM's optional projection radius).
+    """
+
+    def __init__(self, relative: float | None = None, *, optional: bool = False) -> None:
+        self.relative, self.optional = relative, optional
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name, self.attr = name, f"_{name}"
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        value = obj.__dict__.get(self.attr)
+        if value is None and self.relative is not None:
+            return self.relative * obj.eps
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        allow_none = self.relative is not None or self.optional
+        obj.__dict__[self.attr] = as_magnitude(type(obj).__name__, self.name, value, allow_none=allow_none)
+
+    def raw(self, obj: Any) -> float | None:
+        """The stored value (``None`` when it follows ``eps``)."""
+        return obj.__dict__.get(self.attr)
+
+
+class _LeastLikely:
+    """Target selector: the ``k``-th least likely class under the model (eval mode, no grad)."""
+
+    def __init__(self, k: int = 1) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise RobustfastError(f"least_likely(k={k!r}): k must be an integer >= 1")
+        self.k = k
+
+    def __repr__(self) -> str:
+        return f"least_likely(k={self.k})"
+
+
+def least_likely(k: int = 1) -> _LeastLikely:
+    """Targeted mode: attack towards the ``k``-th least likely class (``PGD(..., target_fn=least_likely(2))``)."""
+    return _LeastLikely(k)
+
+
+def _as_type(x: Tensor, save_type: str) -> Tensor:
+    return (x * 255).round().clamp(0, 255).to(torch.uint8) if save_type == "int" else x
+
+
+class _Normalized(nn.Module):
+    """``model(normalize(x))``: the pixel-space view of a model fed normalized images."""
+
+    def __init__(self, model: Any, mean: Tensor, std: Tensor) -> None:
+        super().__init__()
+        if isinstance(model, nn.Module):
+            self.inner = model
+        else:
+            object.__setattr__(self, "inner", model)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.inner((x - self.mean.to(x.device, x.dtype)) / self.std.to(x.device, x.dtype))
+
+
+class Attack(Component):
+    """Base class of every robustfast attack (inputs in ``[0, 1]``, ``eps`` in pixel units).
 
     Args:
         model: the classifier; returns logits of shape ``(N, C)``. Prefer normalization inside the
             model (:class:`robustfast.models.Normalize`).
-        eps: L∞ radius in pixel units (``8/255``).
+        eps: radius of the threat model in pixel units (default ``8/255``; a 0-d tensor is accepted).
         loss_fn: ``(logits, labels) -> per-sample (N,)`` or scalar loss the attack ascends. ``None``
             uses each attack's default (cross-entropy; SEAT's margin loss).
         bn_mode: model mode during the attack: ``"eval"`` (default, torchattacks), ``"train"`` (what the
             seed papers' code does while training), ``"train_no_stats"`` (batch statistics, running
             statistics left untouched) or ``"inherit"``; or a :class:`~robustfast.modes.ModePolicy`.
         seed: seeds a private generator for the random start, so results are reproducible and the
-            global RNG is untouched.
+            global RNG is untouched (saved in checkpoints as part of the attack's state).
         generator: use this ``torch.Generator`` instead (must live on the inputs' device).
-        check_range: what to do with inputs outside ``[0, 1]``: ``"error"`` (default), ``"warn"``, ``"off"``.
+        check_range: what to do with inputs outside ``[0, 1]`` (or NaN/inf): ``"error"`` (default), ``"warn"``,
+            ``"off"`` (no check, no device sync).
+        targeted: attack towards target classes instead of away from the true ones. With ``target_fn=None``
+            the labels passed to ``atk(x, labels)`` *are* the targets.
+        target_fn: how targets are chosen: ``"random"`` (a uniformly random wrong class, from the attack's
+            generator), ``"least_likely"`` or :func:`least_likely` ``(k)``, or a callable ``(x, y) -> targets``.
+            Setting it implies ``targeted=True``.
 
-    Calling ``atk(x, y)`` returns detached adversarial images with the shape, dtype and device of ``x``,
-    inside ``[0, 1]``. It works under ``torch.no_grad()``, never writes parameter ``.grad``, and restores every
-    module's train/eval flag exactly.
+    Calling ``atk(x, y)`` (optionally ``atk(x, y, index)`` with dataset indices, for attacks that keep
+    per-example memory) returns detached adversarial images with the shape, dtype and device of ``x``,
+    inside ``[0, 1]``. It works under ``torch.no_grad()``, never writes parameter ``.grad``, and restores
+    every module's train/eval flag exactly. :meth:`craft` returns the whole step record.
     """
 
-    #: Attributes holding absolute pixel magnitudes (scaled together by :meth:`scaled`).
-    _scaled_params: ClassVar[tuple[str, ...]] = ("eps",)
-    #: Hyper-parameters shown by ``repr``.
-    _repr_params: ClassVar[tuple[str, ...]] = ("eps",)
-    #: Display the effective value (e.g. ``alpha`` resolved from ``eps``) under these names in ``repr``.
-    _repr_effective: ClassVar[dict[str, str]] = {"alpha": "step_size", "noise": "noise_radius"}
+    #: Whether ``‖x_adv − x‖∞ ≤ eps`` always holds (N-FGSM's unprojected perturbation does not).
+    bounded: ClassVar[bool] = True
+    #: The threat model's norm.
+    norm: ClassVar[str] = "Linf"
     #: Whether the default objective is untargeted cross-entropy (so a clean gradient may be shared).
-    _default_loss_is_ce: ClassVar[bool] = True
+    default_loss_is_ce: ClassVar[bool] = True
+    #: Hyper-parameters shown by ``repr`` (effective values).
+    _repr_params: ClassVar[tuple[str, ...]] = ("eps",)
+    state_attrs: ClassVar[tuple[str, ...]] = ("rng",)
+
+    eps = Magnitude()
 
     def __init__(
         self,
@@ -100,59 +248,98 @@ class Attack:
         bn_mode: str | ModePolicy = "eval",
         seed: int | None = None,
         generator: torch.Generator | None = None,
-        check_range: str = "error",
+        check_range: Literal["error", "warn", "off"] = "error",
+        targeted: bool = False,
+        target_fn: Callable[[Tensor, Tensor], Tensor] | str | _LeastLikely | None = None,
     ) -> None:
+        name = type(self).__name__
         if not isinstance(model, nn.Module) and not callable(model):
-            raise RobustfastError(f"{type(self).__name__}: model must be an nn.Module, got {type(model)}")
+            raise RobustfastError(f"{name}: model must be an nn.Module, got {type(model).__name__}")
         if check_range not in ("error", "warn", "off"):
-            raise RobustfastError(f"check_range={check_range!r}: choose 'error', 'warn' or 'off'")
+            raise RobustfastError(f"{name}(check_range={check_range!r}): choose 'error', 'warn' or 'off'")
         if loss_fn is not None and not callable(loss_fn):
-            raise RobustfastError(f"{type(self).__name__}: loss_fn must be callable")
+            raise RobustfastError(f"{name}: loss_fn must be callable (logits, labels) -> per-sample loss")
         self.model = model
         self.eps = eps
         self.loss_fn = loss_fn
         self.policy = resolve_policy(bn_mode)
         self.bn_mode = bn_mode
         self.check_range = check_range
-        self.seed = seed
-        self._generator = generator
-        self._generators: dict[str, torch.Generator] = {}
-        self._target_mode: str | None = None
-        self._target_fn: Callable[[Tensor, Tensor], Tensor] | None = None
-        self._kth_min = 1
+        self.rng = SeededRNG(seed, generator, owner=name)
         self._mean: Tensor | None = None
         self._std: Tensor | None = None
+        self._pixel_model: nn.Module | None = None
+        self._label_bounds: tuple[int, int] | None = None
+        self.targeted, self.target_fn = False, None
+        self._set_target(targeted, target_fn)
 
     # ------------------------------------------------------------------ hyper-parameters
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in type(self)._scaled_params:
-            check_eps_like(type(self).__name__, name, value, allow_none=name != "eps")
-        super().__setattr__(name, value)
+    @property
+    def randomized(self) -> bool:
+        """Whether the attack draws random numbers (a random start...); ``seed`` makes those reproducible."""
+        return True
+
+    @property
+    def seed(self) -> int | None:
+        """The seed of the private generator (``None``: global RNG or a user generator)."""
+        return self.rng.seed
+
+    @classmethod
+    def _magnitudes(cls) -> list[Magnitude]:
+        out: dict[str, Magnitude] = {}
+        for klass in reversed(cls.__mro__):
+            for n, v in vars(klass).items():
+                if isinstance(v, Magnitude):
+                    out[n] = v
+        return list(out.values())
 
     @contextmanager
     def scaled(self, factor: float) -> Iterator[Attack]:
-        """Temporarily multiply ``eps`` and every absolute step size by ``factor`` (ε warm-up)."""
-        saved = {n: getattr(self, n) for n in self._scaled_params}
+        """Temporarily multiply ``eps`` and every absolute pixel-unit hyper-parameter by ``factor`` (ε warm-up).
+
+        Hyper-parameters left at their default follow ``eps`` by themselves.
+        """
+        saved = {m.attr: m.raw(self) for m in self._magnitudes()}
         try:
-            for n, v in saved.items():
+            for attr, v in saved.items():
                 if v is not None:
-                    object.__setattr__(self, n, v * factor)
+                    self.__dict__[attr] = v * factor
             yield self
         finally:
-            for n, v in saved.items():
-                object.__setattr__(self, n, v)
+            self.__dict__.update(saved)
 
     def __repr__(self) -> str:
         parts = []
         for n in self._repr_params:
-            v = getattr(self, self._repr_effective.get(n, n), None)
+            v = getattr(self, n, None)
             parts.append(f"{n}={v:.4g}" if isinstance(v, float) else f"{n}={v!r}")
         parts.append(f"bn_mode={self.bn_mode!r}")
-        if self._target_mode:
-            parts.append(f"targeted={self._target_mode!r}")
+        if self.targeted:
+            parts.append(f"targeted=True, target_fn={self.target_fn!r}")
         return f"{type(self).__name__}({', '.join(parts)})"
 
-    # ------------------------------------------------------------------ torchattacks-style setters
+    # ------------------------------------------------------------------ targets
+    def _set_target(self, targeted: bool, target_fn: Any) -> None:
+        name = type(self).__name__
+        if not isinstance(targeted, bool):
+            raise RobustfastError(f"{name}(targeted={targeted!r}): True or False")
+        if isinstance(target_fn, str):
+            key = target_fn.lower().replace("-", "_")
+            if key == "random":
+                target_fn = "random"
+            elif key == "least_likely":
+                target_fn = _LeastLikely(1)
+            else:
+                raise RobustfastError(
+                    f"{name}(target_fn={target_fn!r}): use 'random', 'least_likely', least_likely(k) or a "
+                    "callable (x, y) -> targets"
+                )
+        elif target_fn is not None and not callable(target_fn) and not isinstance(target_fn, _LeastLikely):
+            raise RobustfastError(f"{name}(target_fn=...): expected a callable (x, y) -> targets")
+        self.targeted = targeted or target_fn is not None
+        self.target_fn = target_fn
+
+    # torchattacks-compatible setters: a thin layer over the keyword arguments
     def set_model_training_mode(
         self, model_training: bool = False, batchnorm_training: bool = False, dropout_training: bool = False
     ) -> None:
@@ -160,82 +347,140 @@ class Attack:
         self.bn_mode = ModePolicy(model_training, batchnorm_training, dropout_training)
         self.policy = self.bn_mode
 
+    def set_mode_default(self) -> None:
+        """torchattacks compatibility: untargeted (``targeted=False``)."""
+        self._set_target(False, None)
+
+    def set_mode_targeted_by_label(self) -> None:
+        """torchattacks compatibility: ``targeted=True`` (the labels passed are the targets)."""
+        self._set_target(True, None)
+
+    def set_mode_targeted_random(self) -> None:
+        """torchattacks compatibility: ``target_fn="random"``."""
+        self._set_target(True, "random")
+
+    def set_mode_targeted_least_likely(self, kth_min: int = 1) -> None:
+        """torchattacks compatibility: ``target_fn=least_likely(kth_min)``."""
+        self._set_target(True, _LeastLikely(kth_min))
+
+    def set_mode_targeted_by_function(self, target_map_function: Callable[[Tensor, Tensor], Tensor]) -> None:
+        """torchattacks compatibility: ``target_fn=target_map_function``."""
+        self._set_target(True, target_map_function)
+
+    def get_mode(self) -> str:
+        """torchattacks compatibility: ``"default"``, ``"by_label"``, ``"random"``, ``"least_likely"`` or
+        ``"function"``."""
+        fn = self.target_fn
+        if not self.targeted:
+            return "default"
+        if fn is None:
+            return "by_label"
+        if fn == "random":
+            return "random"
+        return "least_likely" if isinstance(fn, _LeastLikely) else "function"
+
+    def _attack_labels(self, x: Tensor, y: Tensor) -> Tensor:
+        fn = self.target_fn
+        if not self.targeted or fn is None:
+            return y
+        if callable(fn) and not isinstance(fn, _LeastLikely):
+            return fn(x, y).long()
+        with torch.no_grad(), model_mode(self.model, "eval"):
+            logits = self.get_logits(x)
+        n_classes = logits.shape[1]
+        if isinstance(fn, _LeastLikely):
+            if fn.k >= n_classes:
+                raise RobustfastError(f"least_likely(k={fn.k}) must be < the number of classes ({n_classes})")
+            return logits.kthvalue(fn.k, dim=1).indices
+        offs = torch.randint(1, n_classes, y.shape, generator=self.rng.get(x.device), device=x.device)
+        return (y + offs) % n_classes  # a random wrong class
+
+    # ------------------------------------------------------------------ normalization
     def set_normalization_used(self, mean: Any, std: Any) -> None:
         """torchattacks semantics: inputs and outputs are *normalized* images; ``eps`` stays in pixel space.
 
         Prefer putting normalization inside the model (:class:`robustfast.models.Normalize`) and feeding
-        ``[0, 1]`` images; never do both (that normalizes twice).
+        ``[0, 1]`` images; never do both: a model that already contains a ``Normalize`` is refused.
         """
+        from ..models.normalize import Normalize
+
+        name = type(self).__name__
+        if isinstance(self.model, nn.Module) and any(isinstance(m, Normalize) for m in self.model.modules()):
+            raise RobustfastError(
+                f"{name}.set_normalization_used: the model already normalizes its inputs (it contains "
+                "robustfast.models.Normalize); feed [0, 1] images instead of normalizing twice"
+            )
         mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
         std_t = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
-        if (std_t <= 0).any():
-            raise RobustfastError(f"set_normalization_used: std must be positive, got {std}")
+        if not torch.isfinite(std_t).all() or (std_t <= 0).any():
+            raise RobustfastError(f"{name}.set_normalization_used: std must be positive, got {std}")
         self._mean, self._std = mean_t, std_t
-
-    def set_mode_default(self) -> None:
-        """Untargeted attack on the true labels (the default)."""
-        self._target_mode, self._target_fn = None, None
-
-    def set_mode_targeted_by_label(self) -> None:
-        """Targeted: the labels passed to ``atk(x, labels)`` *are* the targets."""
-        self._target_mode = "by_label"
-
-    def set_mode_targeted_random(self) -> None:
-        """Targeted: a uniformly random wrong class per example (drawn from the attack's generator)."""
-        self._target_mode = "random"
-
-    def set_mode_targeted_least_likely(self, kth_min: int = 1) -> None:
-        """Targeted: the ``kth_min``-th least likely class under the model (eval mode, no grad)."""
-        if kth_min < 1:
-            raise RobustfastError(f"set_mode_targeted_least_likely(kth_min={kth_min}): must be >= 1")
-        self._target_mode, self._kth_min = "least_likely", kth_min
-
-    def set_mode_targeted_by_function(self, target_map_function: Callable[[Tensor, Tensor], Tensor]) -> None:
-        """Targeted: ``target_map_function(x, y) -> targets``."""
-        self._target_mode, self._target_fn = "function", target_map_function
-
-    def get_mode(self) -> str:
-        """``"default"`` or the targeted mode's name."""
-        return self._target_mode or "default"
+        self._pixel_model = _Normalized(self.model, mean_t, std_t)
 
     @property
-    def targeted(self) -> bool:
-        """Whether the attack is in a targeted mode."""
-        return self._target_mode is not None
+    def space(self) -> Literal["pixel", "normalized"]:
+        """The space of the tensors ``atk(x, y)`` takes and returns."""
+        return "normalized" if self._mean is not None else "pixel"
+
+    @property
+    def pixel_model(self) -> Any:
+        """The model as a function of pixel-space ``[0, 1]`` images (normalization applied first when set)."""
+        return self._pixel_model if self._pixel_model is not None else self.model
+
+    def to_pixel(self, x: Tensor) -> Tensor:
+        """Caller-space images to pixel space (identity unless :meth:`set_normalization_used` was called)."""
+        if self._mean is None or self._std is None:
+            return x
+        return x * self._std.to(x.device, x.dtype) + self._mean.to(x.device, x.dtype)
+
+    def to_user(self, x: Tensor) -> Tensor:
+        """Pixel-space images back to the caller's space."""
+        if self._mean is None or self._std is None:
+            return x
+        return (x - self._mean.to(x.device, x.dtype)) / self._std.to(x.device, x.dtype)
 
     # ------------------------------------------------------------------ the call
-    def __call__(self, x: Tensor, y: Tensor, *, context: StepContext | None = None) -> Tensor:
-        """Return detached adversarial examples for ``(x, y)``; fill ``context`` when given."""
-        self._check_inputs(x, y)
-        normalized = self._mean is not None
-        if normalized:
-            x = self._inverse_normalize(x)
-        self._check_range(x)
-        y = y.long()
-        ctx = context if context is not None else StepContext(x=x, y=y)
-        ctx.attack_mode = self.bn_mode if isinstance(self.bn_mode, str) else repr(self.bn_mode)
-        with torch.enable_grad(), model_mode(self.model, self.policy):
-            labels = self._attack_labels(x, y)
-            x_adv = self.perturb(x.detach(), labels, ctx).detach()
-        ctx.x_adv = x_adv
-        return self._normalize(x_adv).detach() if normalized else x_adv
+    def __call__(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> Tensor:
+        """Detached adversarial examples for ``(x, y)``, in the caller's space (``index``: dataset indices)."""
+        return self.to_user(self.craft(x, y, index=index).x_adv).detach()  # type: ignore[arg-type]
 
     forward = __call__
 
+    def craft(self, x: Tensor, y: Tensor, *, index: Tensor | None = None, requests: Iterable[str] = ()) -> StepContext:
+        """Run the attack and return the step record (pixel-space ``x``/``x_adv`` and what the attack computed).
+
+        Args:
+            x: inputs in the caller's space (``[0, 1]`` images unless :meth:`set_normalization_used`).
+            y: integer labels (the targets when ``targeted`` without ``target_fn``).
+            index: dataset indices ``(N,)`` (attacks with per-example memory use them; see each attack).
+            requests: names from :data:`robustfast.context.REQUESTS` to keep attached to the graph.
+        """
+        self._check_inputs(x, y, index)
+        x = self.to_pixel(x)
+        self._check_range(x, y)
+        y = y.long()
+        ctx = StepContext(x=x.detach(), y=y, index=index, model=self.pixel_model, space=self.space,
+                          requests=frozenset(requests))  # fmt: skip
+        ctx.attack_mode = self.bn_mode if isinstance(self.bn_mode, str) else repr(self.bn_mode)
+        try:
+            with torch.enable_grad(), model_mode(self.model, self.policy):
+                labels = self._attack_labels(x.detach(), y)
+                ctx.x_adv = self.perturb(x.detach(), labels, ctx).detach()
+        finally:
+            self._label_bounds = None
+        return ctx
+
     def perturb(self, x: Tensor, y: Tensor, ctx: StepContext) -> Tensor:
-        """The algorithm: return ``x_adv`` for pixel-space ``x`` and attack labels ``y``."""
+        """The algorithm: return pixel-space ``x_adv`` for pixel-space ``x`` and attack labels ``y``."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ helpers for subclasses
     def get_logits(self, x: Tensor) -> Tensor:
         """Model logits for pixel-space ``x`` (override for models returning tuples or dicts)."""
-        out = self.model(self._normalize(x) if self._mean is not None else x)
-        if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
-            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise RobustfastError(
-                f"{type(self).__name__}: the model must return logits of shape (N, C) = ({x.shape[0]}, C), "
-                f"got {shape}; override get_logits() for models with other outputs"
-            )
+        out = check_logits(type(self).__name__, self.pixel_model(x), x.shape[0])
+        if self._label_bounds is not None:  # first forward of this call: labels must index the outputs
+            check_labels_in_range(type(self).__name__, *self._label_bounds, out.shape[1])
+            self._label_bounds = None
         return out
 
     def objective(self, logits: Tensor, labels: Tensor) -> Tensor:
@@ -250,115 +495,113 @@ class Attack:
     @property
     def shares_clean_grad(self) -> bool:
         """True when this attack's gradient at the clean point is ``∇x CE(f(x), y)`` (reusable)."""
-        return self._default_loss_is_ce and self.loss_fn is None and not self.targeted
+        return self.default_loss_is_ce and self.loss_fn is None and not self.targeted
 
-    def grad_at(self, x: Tensor, delta: Tensor | None, y: Tensor, ctx: StepContext | None = None) -> Tensor:
-        """Detached per-example gradient of the objective at ``x + delta`` (``delta=None``: the clean point).
+    def grad_fn(self, x: Tensor, y: Tensor, ctx: StepContext | None = None) -> GradFn:
+        """The gradient oracle passed to this attack's kernel.
 
-        At the clean point with plain cross-entropy, the gradient and logits are also published in
-        ``ctx.clean_grad``/``ctx.clean_logits`` (see :meth:`clean_ce_grad`).
+        At the clean point (``delta=None``) with plain cross-entropy it goes through
+        :meth:`StepContext.clean_ce_grad`, so the clean logits and gradient are published for the training loss
+        and the regularizers (kept with their graph when they asked for it).
         """
-        if delta is None and ctx is not None and self.shares_clean_grad:
-            return self.clean_ce_grad(x, y, ctx)[1]
-        point = (x if delta is None else x + delta).detach().requires_grad_(True)
-        return input_grad(self.objective(self.get_logits(point), y), point).detach()
 
-    def clean_ce_grad(self, x: Tensor, y: Tensor, ctx: StepContext) -> tuple[Tensor, Tensor]:
-        """Detached logits and per-example ``∇x CE(f(x), y)`` at the clean point, published in ``ctx``.
+        def grad(delta: Tensor | None) -> Tensor:
+            if delta is None and ctx is not None and self.shares_clean_grad:
+                keep, graph = ctx.wants("clean_logits"), ctx.wants("clean_grad_graph")
+                return ctx.clean_ce_grad(self.get_logits, create_graph=graph, keep_logits=keep).detach()
+            point = (x if delta is None else x + delta).detach().requires_grad_(True)
+            return input_grad(self.objective(self.get_logits(point), y), point).detach()
 
-        ``ctx.clean_grad``/``ctx.clean_logits`` stay attached to the graph when a consumer requested
-        ``"clean_grad_graph"``/``"clean_logits"``, so regularizers reuse this pass instead of repeating it.
-        """
-        point = x.detach().requires_grad_(True)
-        logits = self.get_logits(point)
-        keep, graph = ctx.wants("clean_logits"), ctx.wants("clean_grad_graph")
-        g = input_grad(cross_entropy(logits, y), point, create_graph=graph, retain_graph=keep or graph)
-        ctx.clean_grad = g if graph else g.detach()
-        ctx.clean_logits = logits if keep else logits.detach()
-        return logits.detach(), g.detach()
+        return grad
 
     def generator(self, device: torch.device) -> torch.Generator | None:
         """The generator for random starts on ``device`` (``None``: the global RNG)."""
-        if self._generator is not None:
-            if self._generator.device.type != device.type:
-                raise RobustfastError(
-                    f"{type(self).__name__}: generator is on {self._generator.device} but inputs are on {device}"
-                )
-            return self._generator
-        if self.seed is None:
-            return None
-        key = str(device)
-        if key not in self._generators:
-            g = torch.Generator(device=device)
-            g.manual_seed(self.seed)
-            self._generators[key] = g
-        return self._generators[key]
+        return self.rng.get(device)
 
-    # ------------------------------------------------------------------ checks and normalization
-    def _check_inputs(self, x: Tensor, y: Tensor) -> None:
+    # ------------------------------------------------------------------ saving (torchattacks' atk.save)
+    @torch.no_grad()
+    def save(
+        self,
+        data_loader: Iterable[Any],
+        save_path: str | Path | None = None,
+        verbose: bool = True,
+        return_verbose: bool = False,
+        save_predictions: bool = False,
+        save_clean_inputs: bool = False,
+        save_type: Literal["float", "int"] = "float",
+    ) -> tuple[float, float, float] | None:
+        """torchattacks' ``atk.save``: attack every batch of ``data_loader`` and save the adversarial examples.
+
+        The file (written atomically with ``torch.save``) holds ``{"adv_inputs", "labels", "save_type"}`` plus
+        ``"preds"`` and ``"clean_inputs"`` when asked; ``save_type="int"`` stores ``uint8`` images (×255).
+
+        Returns:
+            ``(robust accuracy %, mean L2 distance, seconds)`` when ``return_verbose``, else ``None``.
+        """
+        if save_type not in ("float", "int"):
+            raise RobustfastError(f"save(save_type={save_type!r}): choose 'float' or 'int'")
+        advs, labels, preds, cleans = [], [], [], []
+        correct = total = 0
+        l2 = 0.0
+        t0 = time.perf_counter()
+        for batch in data_loader:
+            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                raise RobustfastError("save(data_loader): the loader must yield (inputs, labels) batches")
+            x, y = batch[0], batch[1]
+            adv = self(x, y)
+            with model_mode(self.model, "eval"):
+                pred = self.get_logits(self.to_pixel(adv)).argmax(1)
+            correct += int((pred == y.to(pred.device)).sum())
+            total += len(y)
+            l2 += float((self.to_pixel(adv) - self.to_pixel(x)).flatten(1).norm(dim=1).sum())
+            advs.append(adv.cpu())
+            labels.append(y.cpu())
+            preds.append(pred.cpu())
+            cleans.append(x.cpu())
+            if verbose:
+                print(f"- save progress: {total} examples, robust accuracy {100 * correct / total:.2f}%", end="\r")
+        if not advs:
+            raise RobustfastError("save(data_loader): the loader is empty")
+        elapsed = time.perf_counter() - t0
+        if verbose:
+            print(f"- save complete: robust accuracy {100 * correct / total:.2f}%, L2 {l2 / total:.4f}, "
+                  f"{elapsed:.1f} s")  # fmt: skip
+        if save_path is not None:
+            adv = torch.cat(advs)
+            out: dict[str, Any] = {"labels": torch.cat(labels), "save_type": save_type}
+            out["adv_inputs"] = _as_type(adv, save_type)
+            if save_predictions:
+                out["preds"] = torch.cat(preds)
+            if save_clean_inputs:
+                clean = torch.cat(cleans)
+                out["clean_inputs"] = _as_type(clean, save_type)
+            path = Path(save_path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            torch.save(out, tmp)
+            os.replace(tmp, path)
+        return (100 * correct / total, l2 / total, elapsed) if return_verbose else None
+
+    # ------------------------------------------------------------------ checks
+    def _check_inputs(self, x: Tensor, y: Tensor, index: Tensor | None) -> None:
         name = type(self).__name__
-        if not isinstance(x, Tensor) or not isinstance(y, Tensor):
-            raise RobustfastError(f"{name}: inputs and labels must be tensors, got {type(x)}, {type(y)}")
-        if not x.is_floating_point():
-            raise RobustfastError(
-                f"{name}: inputs must be a floating-point tensor in [0, 1], got dtype {x.dtype} "
-                "(convert uint8 images with x.float() / 255)"
-            )
-        if x.dim() < 2:
-            raise RobustfastError(f"{name}: inputs must be batched (N, ...), got shape {tuple(x.shape)}")
-        if y.dim() != 1 or y.shape[0] != x.shape[0]:
-            raise RobustfastError(
-                f"{name}: labels must have shape (N,) = ({x.shape[0]},) matching the batch, got {tuple(y.shape)}"
-            )
-        if y.is_floating_point() or y.dtype == torch.bool:
-            raise RobustfastError(f"{name}: labels must be integer class indices, got dtype {y.dtype}")
-        if y.device != x.device:
-            raise RobustfastError(f"{name}: labels are on {y.device} but inputs are on {x.device}")
-        p = next(iter(self.model.parameters()), None) if isinstance(self.model, nn.Module) else None
-        if p is not None and p.device.type != x.device.type:
-            raise RobustfastError(f"{name}: model is on {p.device} but inputs are on {x.device}; move one of them")
+        check_batch(name, x, y)
+        if index is not None:
+            if not isinstance(index, Tensor) or index.dim() != 1 or index.shape[0] != x.shape[0]:
+                raise RobustfastError(f"{name}: index must be a 1-d tensor of {x.shape[0]} dataset indices")
+            if index.is_floating_point() or index.dtype == torch.bool:
+                raise RobustfastError(f"{name}: index must hold integer dataset indices, got {index.dtype}")
+        check_model_dtype(name, self.model, x)
 
-    def _check_range(self, x: Tensor) -> None:
+    def _check_range(self, x: Tensor, y: Tensor) -> None:
         if self.check_range == "off":
             return
-        lo, hi = torch.stack(torch.aminmax(x.detach())).tolist()  # one device sync per call
-        if lo < -_RANGE_TOL or hi > 1 + _RANGE_TOL:
-            msg = (
-                f"{type(self).__name__}: inputs must be images in [0, 1], got values in [{lo:.3g}, "
-                f"{hi:.3g}]. If your loader normalizes, move the normalization into the model "
-                "(robustfast.models.Normalize) or call set_normalization_used(mean, std)."
-            )
-            if self.check_range == "error":
-                raise RobustfastError(msg)
-            warnings.warn(msg, stacklevel=3)
-
-    def _stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        assert self._mean is not None and self._std is not None
-        return self._mean.to(x.device, x.dtype), self._std.to(x.device, x.dtype)
-
-    def _normalize(self, x: Tensor) -> Tensor:
-        mean, std = self._stats(x)
-        return (x - mean) / std
-
-    def _inverse_normalize(self, x: Tensor) -> Tensor:
-        mean, std = self._stats(x)
-        return x * std + mean
-
-    # ------------------------------------------------------------------ targets
-    def _attack_labels(self, x: Tensor, y: Tensor) -> Tensor:
-        mode = self._target_mode
-        if mode is None or mode == "by_label":
-            return y
-        if mode == "function":
-            assert self._target_fn is not None
-            return self._target_fn(x, y).long()
-        with torch.no_grad(), model_mode(self.model, "eval"):
-            logits = self.get_logits(x)
-        n_classes = logits.shape[1]
-        if mode == "least_likely":
-            if self._kth_min >= n_classes:
-                raise RobustfastError(f"kth_min={self._kth_min} must be < number of classes ({n_classes})")
-            return logits.kthvalue(self._kth_min, dim=1).indices
-        # random wrong class: shift the true label by a random non-zero offset
-        offs = torch.randint(1, n_classes, y.shape, generator=self.generator(x.device), device=x.device)
-        return (y + offs) % n_classes
+        lo, hi, ylo, yhi = input_bounds(x, y)  # one device sync per call
+        problem = range_problem(lo, hi)
+        self._label_bounds = (ylo, yhi)
+        if problem is None:
+            return
+        msg = f"{type(self).__name__}: {problem}"
+        if self.check_range == "error" or lo != lo or hi != hi:  # NaN is always an error
+            raise RobustfastError(msg)
+        warnings.warn(msg, stacklevel=4)

@@ -6,15 +6,36 @@ r"""N-FGSM (de Jorge et al., NeurIPS 2022): stronger noise and no projection ont
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
 from ..context import StepContext
-from ..ops import clip_delta, uniform_like
-from .base import Attack, register_attack
+from ..ops import clip_delta, uniform_start
+from .base import Attack, GradFn, LossFn, Magnitude, kernel, loss_grad_fn, register_attack
 
-__all__ = ["NFGSM"]
+__all__ = ["NFGSM", "nfgsm"]
+
+
+@kernel
+def nfgsm(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    alpha: float | None = None,
+    noise: float | None = None,
+    clip: float | None = None,
+    loss_fn: LossFn | None = None,
+    generator: Any = None,
+    grad_fn: GradFn | None = None,
+) -> Tensor:
+    """N-FGSM perturbation ``δ = η + α·sign ∇ℓ(x+η)`` (``noise`` default ``2*eps``, ``alpha`` default ``eps``,
+    projected onto ``clip`` only when given); see :class:`NFGSM`."""
+    grad = grad_fn or loss_grad_fn(model, x, y, loss_fn)
+    eta = uniform_start(x, 2.0 * eps if noise is None else noise, generator)
+    return clip_delta(eta + (eps if alpha is None else alpha) * grad(eta).sign(), x, clip)
 
 
 @register_attack("nfgsm", "n_fgsm")
@@ -23,45 +44,46 @@ class NFGSM(Attack):
 
     By design ``‖δ‖∞`` can reach ``noise + alpha`` (3ε with the defaults); only the image box ``[0, 1]`` is
     enforced. Cost: 1 forward + 1 backward, like FGSM-RS. Not to be confused with AdvLC's "FGSM-N".
+    Strengthening after catastrophic overfitting: the noise grows by ε per rollback, up to 4ε (the paper's
+    remedy at larger ε is more noise).
 
     Args:
         model: classifier returning ``(N, C)`` logits for ``[0, 1]`` inputs.
         eps: the threat-model radius ε (default ``8/255``); sets the defaults below.
-        noise: half-width ``k`` of the uniform noise; ``None`` (default) means ``2 * eps`` (paper's k=2ε).
         alpha: step size; ``None`` (default) means ``eps`` (every script of the official code).
+        noise: half-width ``k`` of the uniform noise; ``None`` (default) means ``2 * eps`` (paper's k=2ε).
         clip: optional projection radius; ``None`` (default) = no projection, as in the paper.
-        **kwargs: ``loss_fn``, ``bn_mode``, ``seed``, ``generator``, ``check_range`` (see :class:`Attack`).
+        **kwargs: ``loss_fn``, ``bn_mode``, ``seed``, ``generator``, ``check_range``, ``targeted``,
+            ``target_fn`` (see :class:`Attack`).
     """
 
-    _scaled_params = ("eps", "alpha", "noise", "clip")
-    _repr_params = ("eps", "noise", "alpha", "clip")
+    bounded: ClassVar[bool] = False
+    alpha = Magnitude(1.0)
+    noise = Magnitude(2.0)
+    clip = Magnitude(optional=True)
+    _repr_params: ClassVar[tuple[str, ...]] = ("eps", "noise", "alpha", "clip")
+    state_attrs: ClassVar[tuple[str, ...]] = ("noise",)
 
     def __init__(
         self,
         model: nn.Module,
         eps: float = 8 / 255,
+        alpha: float | None = None,
         *,
         noise: float | None = None,
-        alpha: float | None = None,
         clip: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, eps, **kwargs)
         self.noise, self.alpha, self.clip = noise, alpha, clip
 
-    @property
-    def noise_radius(self) -> float:
-        """Effective noise half-width (``2 * eps`` when unset)."""
-        return 2.0 * self.eps if self.noise is None else self.noise
-
-    @property
-    def step_size(self) -> float:
-        """Effective step (``eps`` when unset)."""
-        return self.eps if self.alpha is None else self.alpha
-
     def perturb(self, x: Tensor, y: Tensor, ctx: StepContext) -> Tensor:
         """Noise ``U[-noise, noise]``, one signed step of ``alpha`` at ``x + η``; only [0, 1] is enforced."""
-        eta = clip_delta(uniform_like(x, self.noise_radius, self.generator(x.device)), x, None)
-        g = self.grad_at(x, eta, y, ctx)
-        ctx.init, ctx.grad = eta, g
-        return x + clip_delta(eta + self.step_size * g.sign(), x, self.clip)
+        return x + nfgsm(self.get_logits, x, y, eps=self.eps, alpha=self.alpha, noise=self.noise, clip=self.clip,
+                         generator=self.rng.get(x.device), grad_fn=self.grad_fn(x, y, ctx))  # fmt: skip
+
+    def _strengthen(self) -> str | None:
+        if self.noise < 4 * self.eps - 1e-12:
+            old, self.noise = self.noise, min(self.noise + self.eps, 4 * self.eps)
+            return f"noise {old:.4g} -> {self.noise:.4g}"
+        return None

@@ -6,17 +6,101 @@ r"""PGD (Madry et al., ICLR 2018) for training and evaluation, with restarts kee
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from ..context import StepContext
 from ..errors import RobustfastError
-from ..ops import clip_delta, input_grad, uniform_like
-from .base import Attack, register_attack
+from ..losses import cross_entropy
+from ..ops import bcast, clip_delta, input_grad, uniform_start
+from .base import Attack, GradFn, LossFn, Magnitude, kernel, loss_grad_fn, register_attack
 
-__all__ = ["PGD"]
+__all__ = ["PGD", "pgd"]
+
+
+def _one_run(
+    model: Any, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int, random_start: bool, early_stop: bool,
+    loss_fn: LossFn, targeted: bool, generator: Any, grad: GradFn,
+) -> Tensor:  # fmt: skip
+    delta = uniform_start(x, eps, generator) if random_start else None
+    if not early_stop:
+        for _ in range(steps):
+            d = torch.zeros_like(x) if delta is None else delta
+            delta = clip_delta(d + alpha * grad(delta).sign(), x, eps)
+        return torch.zeros_like(x) if delta is None else delta
+    # early exit per example: only the examples not yet fooled are computed
+    delta = torch.zeros_like(x) if delta is None else delta.clone()
+    active = torch.arange(x.shape[0], device=x.device)
+    for _ in range(steps):
+        xa, da = x[active], delta[active]
+        point = (xa + da).detach().requires_grad_(True)
+        logits = model(point)
+        g = input_grad(loss_fn(logits, y[active]), point).detach()
+        pred = logits.detach().argmax(1)
+        keep = (pred != y[active]) if targeted else (pred == y[active])
+        if not keep.any():
+            break
+        active, xa, da, g = active[keep], xa[keep], da[keep], g[keep]
+        delta[active] = clip_delta(da + alpha * g.sign(), xa, eps)
+    return delta
+
+
+@kernel
+def pgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    alpha: float | None = None,
+    steps: int = 10,
+    random_start: bool = True,
+    restarts: int = 1,
+    keep: Literal["success", "loss"] = "success",
+    early_stop: bool = False,
+    loss_fn: LossFn | None = None,
+    targeted: bool = False,
+    generator: Any = None,
+    grad_fn: GradFn | None = None,
+) -> Tensor:
+    """PGD perturbation ``δ`` (``alpha`` defaults to ``eps / 4``), worst restart per example; see :class:`PGD`.
+
+    ``loss_fn`` is the per-sample objective to *ascend* (for a targeted attack: minus the loss to the targets,
+    with ``targeted=True`` so that success means hitting the target).
+    """
+    fn = loss_fn or cross_entropy
+    grad = grad_fn or loss_grad_fn(model, x, y, fn)
+    alpha = eps / 4 if alpha is None else alpha
+
+    def run(first: bool) -> Tensor:
+        # only the first run may use the (possibly shared) oracle: later ones start elsewhere anyway
+        return _one_run(model, x, y, eps, alpha, steps, random_start, early_stop, fn, targeted, generator,
+                        grad if first else loss_grad_fn(model, x, y, fn))  # fmt: skip
+
+    best = run(True)
+    if restarts == 1:
+        return best
+
+    @torch.no_grad()
+    def score(delta: Tensor) -> tuple[Tensor, Tensor]:
+        logits = model(x + delta)
+        pred = logits.argmax(1)
+        return (pred == y) if targeted else (pred != y), fn(logits, y).float()
+
+    best_succ, best_loss = score(best)
+    for _ in range(restarts - 1):
+        cand = run(False)
+        succ, loss = score(cand)
+        better = (
+            ((succ & ~best_succ) | ((succ == best_succ) & (loss > best_loss)))
+            if keep == "success"
+            else loss > best_loss
+        )
+        best = torch.where(bcast(better, x), cand, best)
+        best_succ, best_loss = best_succ | (succ & better), torch.where(better, loss, best_loss)
+    return best
 
 
 @register_attack("pgd")
@@ -27,7 +111,8 @@ class PGD(Attack):
     with ``random_start=False`` (GradAlign; AdvLC's PGD10 uses ``alpha=eps/4``). Evaluation: PGD-50-10 with
     ``alpha=eps/4`` (GradAlign, AdvLC) or ``2/255`` (ZeroGrad, SEAT), ``random_start=True``.
 
-    Cost: ``steps`` forward + backward per restart.
+    Cost: ``steps`` forward + backward per restart. Positional order follows torchattacks:
+    ``PGD(model, eps, alpha, steps, random_start)``.
 
     Args:
         model: classifier returning ``(N, C)`` logits for ``[0, 1]`` inputs.
@@ -40,20 +125,21 @@ class PGD(Attack):
             misclassifies — hits the target when targeted — wins, then the highest loss) or ``"loss"``
             (highest final loss only, GradAlign's code).
         early_stop: stop updating examples that are already misclassified (ZeroGrad's evaluation).
-        **kwargs: ``loss_fn``, ``bn_mode``, ``seed``, ``generator``, ``check_range`` (see :class:`Attack`).
+        **kwargs: ``loss_fn``, ``bn_mode``, ``seed``, ``generator``, ``check_range``, ``targeted``,
+            ``target_fn`` (see :class:`Attack`).
     """
 
-    _scaled_params = ("eps", "alpha")
-    _repr_params = ("eps", "alpha", "steps", "random_start", "restarts")
+    alpha = Magnitude(0.25)
+    _repr_params: ClassVar[tuple[str, ...]] = ("eps", "alpha", "steps", "random_start", "restarts")
 
     def __init__(
         self,
         model: nn.Module,
         eps: float = 8 / 255,
-        *,
         alpha: float | None = None,
         steps: int = 10,
         random_start: bool = True,
+        *,
         restarts: int = 1,
         keep: Literal["success", "loss"] = "success",
         early_stop: bool = False,
@@ -65,66 +151,19 @@ class PGD(Attack):
                 raise RobustfastError(f"PGD({name}={v!r}): must be an integer >= 1")
         if keep not in ("success", "loss"):
             raise RobustfastError(f"PGD(keep={keep!r}): choose 'success' or 'loss'")
+        if not isinstance(random_start, bool):
+            raise RobustfastError(f"PGD(random_start={random_start!r}): True or False")
         self.alpha, self.steps, self.random_start = alpha, steps, random_start
         self.restarts, self.keep, self.early_stop = restarts, keep, early_stop
 
     @property
-    def step_size(self) -> float:
-        """Effective step (``eps / 4`` when unset)."""
-        return self.eps / 4 if self.alpha is None else self.alpha
-
-    def _success(self, logits: Tensor, y: Tensor) -> Tensor:
-        pred = logits.argmax(1)
-        return pred == y if self.targeted else pred != y
-
-    def _run(self, x: Tensor, y: Tensor, ctx: StepContext, first: bool) -> Tensor:
-        gen = self.generator(x.device)
-        delta = clip_delta(uniform_like(x, self.eps, gen), x, None) if self.random_start else None
-        if first:
-            ctx.init = delta
-        if self.early_stop:
-            return x + self._run_early_stop(x, y, torch.zeros_like(x) if delta is None else delta)
-        for t in range(self.steps):
-            g = self.grad_at(x, delta, y, ctx if (first and t == 0) else None)
-            if first and t == 0:
-                ctx.grad = g
-            d = torch.zeros_like(x) if delta is None else delta
-            delta = clip_delta(d + self.step_size * g.sign(), x, self.eps)
-        return x + delta
-
-    def _run_early_stop(self, x: Tensor, y: Tensor, delta: Tensor) -> Tensor:
-        """PGD that stops updating an example once it is misclassified; only active examples are computed."""
-        active = torch.arange(x.shape[0], device=x.device)
-        for _ in range(self.steps):
-            xa, da, ya = x[active], delta[active], y[active]
-            point = (xa + da).requires_grad_(True)
-            logits = self.get_logits(point)
-            g = input_grad(self.objective(logits, ya), point).detach()
-            keep = ~self._success(logits.detach(), ya)
-            if not keep.any():
-                break
-            active, xa, da, g = active[keep], xa[keep], da[keep], g[keep]
-            delta[active] = clip_delta(da + self.step_size * g.sign(), xa, self.eps)
-        return delta
-
-    @torch.no_grad()
-    def _score(self, x_adv: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        logits = self.get_logits(x_adv)
-        return self._success(logits, y), self.objective(logits, y).float()
+    def randomized(self) -> bool:
+        """Only with a random start (or random targets)."""
+        return self.random_start or self.target_fn == "random"
 
     def perturb(self, x: Tensor, y: Tensor, ctx: StepContext) -> Tensor:
         """PGD with ``restarts``, keeping each example's worst restart."""
-        best = self._run(x, y, ctx, first=True)
-        if self.restarts == 1:
-            return best
-        best_succ, best_loss = self._score(best, y)
-        for _ in range(self.restarts - 1):
-            cand = self._run(x, y, ctx, first=False)
-            succ, loss = self._score(cand, y)
-            if self.keep == "success":
-                better = (succ & ~best_succ) | ((succ == best_succ) & (loss > best_loss))
-            else:
-                better = loss > best_loss
-            best = torch.where(better.view(-1, *[1] * (x.dim() - 1)), cand, best)
-            best_succ, best_loss = best_succ | (succ & better), torch.where(better, loss, best_loss)
-        return best
+        return x + pgd(self.get_logits, x, y, eps=self.eps, alpha=self.alpha, steps=self.steps,
+                       random_start=self.random_start, restarts=self.restarts, keep=self.keep,
+                       early_stop=self.early_stop, loss_fn=self.objective, targeted=self.targeted,
+                       generator=self.rng.get(x.device), grad_fn=self.grad_fn(x, y, ctx))  # fmt: skip

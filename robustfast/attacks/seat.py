@@ -11,30 +11,55 @@ linearity error (the paper's Eq. 9, reconstructed; official code ``devicerxx/SEA
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from torch import Tensor, nn
 
 from ..context import StepContext
 from ..errors import RobustfastError
-from ..losses import cross_entropy, margin_loss
+from ..losses import cross_entropy, linearity_error, margin_loss
 from ..ops import clip_delta, input_grad, random_sign_like
-from .base import Attack, register_attack
+from .base import Attack, LossFn, Magnitude, kernel, register_attack
 
-__all__ = ["SEATAttack", "linearity_error"]
+__all__ = ["SEATAttack", "linearity_error", "seat_attack"]
 
 
-def linearity_error(
-    ce_adv: Tensor, ce_clean: Tensor, delta: Tensor, clean_grad: Tensor, reduction: str = "per_sample"
+@kernel
+def seat_attack(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    alpha: float | None = None,
+    lam: float = 0.5,
+    margin: Literal["softmax", "logits"] = "softmax",
+    reduction: Literal["per_sample", "batch"] = "per_sample",
+    loss_fn: LossFn | None = None,
+    generator: Any = None,
+    clean: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
-    """SEAT's γ: ``|ℓ(x+δ) − ℓ(x) − ⟨δ, ∇x ℓ(x)⟩|`` from per-sample losses and per-example gradients.
+    """SEAT's perturbation ``δ`` (``alpha`` defaults to ``eps``); see :class:`SEATAttack`.
 
-    ``reduction="per_sample"`` (default, the paper's per-point γ) returns ``(N,)``; ``"batch"`` returns
-    the official code's scalar ``|mean_i(...)|`` (errors of opposite sign cancel).
+    Args:
+        clean: ``(clean logits, per-example ∇x CE at x)``, detached; computed here when needed and not given.
+        loss_fn: per-sample objective replacing the margin loss.
     """
-    lin = (delta.detach() * clean_grad).flatten(1).sum(1)
-    err = ce_adv - ce_clean - lin
-    return err.abs() if reduction == "per_sample" else err.mean().abs()
+    objective = loss_fn or partial(margin_loss, on=margin)
+    if lam > 0 and clean is None:
+        point = x.detach().requires_grad_(True)
+        logits = model(point)
+        clean = (logits.detach(), input_grad(cross_entropy(logits, y), point).detach())
+    x0 = (x + eps * random_sign_like(x, generator)).clamp(0.0, 1.0)
+    point = x0.detach().requires_grad_(True)
+    logits = model(point)
+    obj = objective(logits, y)
+    if lam > 0:
+        assert clean is not None
+        gamma = linearity_error(cross_entropy(logits, y), cross_entropy(clean[0], y), x0 - x, clean[1], reduction)
+        obj = obj.sum() + lam * (gamma.sum() if reduction == "per_sample" else gamma * len(y))
+    g = input_grad(obj, point)
+    return clip_delta(x0 - x + (eps if alpha is None else alpha) * g.sign(), x, eps)
 
 
 @register_attack("seat", "seat_attack")
@@ -42,7 +67,7 @@ class SEATAttack(Attack):
     r"""SEAT's single-step margin-loss attack from a random corner, with the linearity term in its objective.
 
     Cost: 2 forward + 2 backward (clean gradient, then the corner); with ``lam=0`` the clean pass is
-    skipped (1 + 1). The clean logits and gradient are published in the step context, so the
+    skipped (1 + 1). The clean logits and gradient are published in the step record, so the
     :class:`~robustfast.SEAT` regularizer reuses them.
 
     Args:
@@ -54,19 +79,19 @@ class SEATAttack(Attack):
         margin: ``"softmax"`` (default, the code) or ``"logits"`` (the paper's prose).
         reduction: ``"per_sample"`` (default, the paper's γ per point) or ``"batch"`` (code parity).
         **kwargs: ``loss_fn`` (replaces the margin loss), ``bn_mode``, ``seed``, ``generator``,
-            ``check_range`` (see :class:`Attack`).
+            ``check_range``, ``targeted``, ``target_fn`` (see :class:`Attack`).
     """
 
-    _scaled_params = ("eps", "alpha")
-    _repr_params = ("eps", "alpha", "lam", "margin", "reduction")
-    _default_loss_is_ce = False
+    alpha = Magnitude(1.0)
+    default_loss_is_ce: ClassVar[bool] = False
+    _repr_params: ClassVar[tuple[str, ...]] = ("eps", "alpha", "lam", "margin", "reduction")
 
     def __init__(
         self,
         model: nn.Module,
         eps: float = 8 / 255,
-        *,
         alpha: float | None = None,
+        *,
         lam: float = 0.5,
         margin: Literal["softmax", "logits"] = "softmax",
         reduction: Literal["per_sample", "batch"] = "per_sample",
@@ -77,33 +102,22 @@ class SEATAttack(Attack):
             raise RobustfastError(f"SEATAttack(margin={margin!r}): choose 'softmax' or 'logits'")
         if reduction not in ("per_sample", "batch"):
             raise RobustfastError(f"SEATAttack(reduction={reduction!r}): choose 'per_sample' or 'batch'")
-        if lam < 0:
-            raise RobustfastError(f"SEATAttack(lam={lam}): must be >= 0")
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0:
+            raise RobustfastError(f"SEATAttack(lam={lam!r}): must be a number >= 0")
         self.alpha, self.lam, self.margin, self.reduction = alpha, float(lam), margin, reduction
-
-    @property
-    def step_size(self) -> float:
-        """Effective step (``eps`` when unset)."""
-        return self.eps if self.alpha is None else self.alpha
 
     def default_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """SEAT's per-sample max-margin loss (on softmax by default)."""
-        return partial(margin_loss, on=self.margin)(logits, labels)
+        return margin_loss(logits, labels, on=self.margin)
 
     def perturb(self, x: Tensor, y: Tensor, ctx: StepContext) -> Tensor:
         """One step from a random corner on the margin loss plus ``lam`` times the linearity error."""
-        need_clean = self.lam > 0 or ctx.wants("clean_logits") or ctx.wants("clean_grad_graph")
-        ce_clean, g_clean = None, None
-        if need_clean:
-            logits_clean, g_clean = self.clean_ce_grad(x, y, ctx)
-            ce_clean = cross_entropy(logits_clean, y)
-        x0 = (x + self.eps * random_sign_like(x, self.generator(x.device))).clamp(0.0, 1.0)
-        point = x0.detach().requires_grad_(True)
-        logits = self.get_logits(point)
-        obj = self.objective(logits, y)
-        if self.lam > 0:
-            gamma = linearity_error(cross_entropy(logits, y), ce_clean, x0 - x, g_clean, self.reduction)
-            obj = obj.sum() + self.lam * (gamma.sum() if self.reduction == "per_sample" else gamma * len(y))
-        g = input_grad(obj, point)
-        ctx.init, ctx.grad = x0 - x, g
-        return x + clip_delta(x0 - x + self.step_size * g.sign(), x, self.eps)
+        clean = None  # published for the regularizers unless the labels are targets (then the kernel computes it)
+        if not self.targeted and (self.lam > 0 or ctx.wants("clean_logits") or ctx.wants("clean_grad_graph")):
+            g = ctx.clean_ce_grad(self.get_logits, create_graph=ctx.wants("clean_grad_graph"),
+                                  keep_logits=ctx.wants("clean_logits"))  # fmt: skip
+            assert ctx.clean_logits is not None
+            clean = (ctx.clean_logits.detach(), g.detach())
+        return x + seat_attack(self.get_logits, x, y, eps=self.eps, alpha=self.alpha, lam=self.lam,
+                               margin=self.margin, reduction=self.reduction, loss_fn=self.objective,
+                               generator=self.rng.get(x.device), clean=clean)  # fmt: skip
