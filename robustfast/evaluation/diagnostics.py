@@ -13,9 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attacks import FGSM, PGD
-from ..attacks.seat import linearity_error
 from ..errors import RobustfastError
-from ..losses import cross_entropy
+from ..losses import cross_entropy, linearity_error
 from ..modes import model_mode
 from ..ops import input_grad, uniform_like
 

@@ -1,39 +1,19 @@
-"""Regularizers: weighted penalties composable with any attack (GradAlign, AdvLC, SEAT, CURE, GradNorm)."""
+"""Regularizers: weighted penalties composable with any attack (GradAlign, AdvLC, SEAT, CURE, GradNorm...).
 
-from .advlc import AdvLC
+Every module of this package is imported here, so a regularizer registers itself by living in a file of its own
+(``@register_regularizer("name")``); its public names are re-exported from this package.
+"""
+
+from .._discover import import_submodules
 from .attention import math_attention
-from .base import (
-    REGULARIZERS,
-    Regularizer,
-    adv_ce_grad,
-    adv_logits,
-    attack_mode_matches,
-    clean_ce_grad,
-    clean_logits,
-    create_regularizer,
-    list_regularizers,
-    register_regularizer,
-)
-from .cure import CURE
-from .gradalign import GradAlign
-from .gradnorm import GradNorm
-from .seat import SEAT
+from .base import REGULARIZERS, Regularizer, create_regularizer, list_regularizers, register_regularizer
 
 __all__ = [
-    "CURE",
     "REGULARIZERS",
-    "SEAT",
-    "AdvLC",
-    "GradAlign",
-    "GradNorm",
     "Regularizer",
-    "adv_ce_grad",
-    "adv_logits",
-    "attack_mode_matches",
-    "clean_ce_grad",
-    "clean_logits",
     "create_regularizer",
     "list_regularizers",
     "math_attention",
     "register_regularizer",
 ]
+__all__ += import_submodules(__name__, globals(), skip=("base", "attention"))

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..context import StepContext
 from ..errors import RobustfastError
 from ..losses import at_least_fp32
-from .base import Regularizer, adv_logits, clean_logits, register_regularizer
+from .base import Regularizer, register_regularizer
 
 __all__ = ["AdvLC", "advlc_topk"]
 
@@ -67,6 +67,6 @@ class AdvLC(Regularizer):
 
     def penalty(self, model: nn.Module, ctx: StepContext) -> Tensor:
         """Sum of the top-N ``|z(x_adv) − z(x)|`` over the batch's logits, divided by the batch size."""
-        za = adv_logits(model, ctx)
-        zc = clean_logits(model, ctx)
+        za = ctx.adv_logits_graph(model)
+        zc = ctx.clean_logits_graph(model)
         return advlc_topk(za, zc, self.k(za.numel()))

@@ -13,13 +13,13 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from ..attacks.base import check_eps_like
+from .._checks import as_magnitude
 from ..context import StepContext
 from ..errors import RobustfastError
 from ..losses import cross_entropy
 from ..ops import input_grad
 from ._gradscale import check_grad_scale, mean_sq_norm
-from .base import Regularizer, adv_ce_grad, clean_ce_grad, register_regularizer
+from .base import Regularizer, register_regularizer
 
 __all__ = ["CURE"]
 
@@ -32,7 +32,7 @@ class CURE(Regularizer):
     :mod:`robustfast.regularizers.base`); ``grad_scale="batch_mean"`` uses gradients of the batch-mean CE
     (rows ``g_i/B``, penalty divided by ``B²``), the convention of the papers' code, to use their λ as is.
 
-    Cost (shared-context path): the clean gradient with graph is the attack's when it is taken at ``x``
+    Cost (shared-record path): the clean gradient with graph is the attack's when it is taken at ``x``
     (FGSM, PGD without random start; the attack is asked for ``"clean_grad_graph"``), else one forward and
     backward; with ``neighbour="x_adv"`` the neighbour gradient is read off the training forward
     (``"adv_grad_graph"``): one backward; plus second-order passes in the final backward.
@@ -60,7 +60,7 @@ class CURE(Regularizer):
         super().__init__(lam)
         if neighbour not in ("x_adv", "sign"):
             raise RobustfastError(f"CURE(neighbour={neighbour!r}): choose 'x_adv' or 'sign'")
-        check_eps_like("CURE", "h", h, allow_none=False)
+        h = as_magnitude("CURE", "h", h, allow_none=False)
         self.neighbour, self.h, self.grad_scale = neighbour, float(h), check_grad_scale("CURE", grad_scale)
         extra = {"adv_grad_graph"} if neighbour == "x_adv" else set()
         self.requests = frozenset({"clean_grad_graph", *extra})
@@ -71,9 +71,9 @@ class CURE(Regularizer):
 
     def penalty(self, model: nn.Module, ctx: StepContext) -> Tensor:
         """Mean over examples of ``‖∇ℓ(x') − ∇ℓ(x)‖²`` at the neighbour ``x'``."""
-        g_clean = clean_ce_grad(model, ctx, create_graph=True)
+        g_clean = ctx.clean_ce_grad(model, create_graph=True)
         if self.neighbour == "x_adv":
-            g_near = adv_ce_grad(model, ctx, create_graph=True)
+            g_near = ctx.adv_ce_grad(model, create_graph=True)
         else:
             point = (ctx.x.detach() + self.h * g_clean.detach().sign()).requires_grad_(True)
             g_near = input_grad(cross_entropy(model(point), ctx.y), point, create_graph=True)

@@ -16,13 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attacks.base import check_eps_like
+from .._checks import as_magnitude
+from .._random import SeededRNG
 from ..context import StepContext
 from ..errors import RobustfastError
 from ..losses import cross_entropy
 from ..ops import input_grad, uniform_like
 from ._fd import fd_grad_vjp, probe
-from .base import Regularizer, clean_ce_grad, register_regularizer
+from .base import Regularizer, register_regularizer
 
 __all__ = ["GradAlign", "grad_align_cos"]
 
@@ -47,7 +48,7 @@ class GradAlign(Regularizer):
     examples where either gradient is exactly zero are skipped. Cosines are per example over all ``C·H·W``
     coordinates (per-example gradients; the scale is irrelevant to a cosine).
 
-    Cost: in the shared-context path after an attack whose gradient is taken at the clean point with CE
+    Cost: in the shared-record path after an attack whose gradient is taken at the clean point with CE
     (FGSM, PGD without random start), ``g1`` is that gradient: one extra forward at ``x + η``, one backward
     with ``create_graph`` and a second-order pass in the final backward. Otherwise one more forward and
     backward compute ``g1``.
@@ -80,6 +81,7 @@ class GradAlign(Regularizer):
 
     needs_x_adv = False
     _repr_params = ("eps", "lam", "symmetric", "clamp_eta", "estimator")
+    state_attrs = ("rng",)
 
     def __init__(
         self,
@@ -93,20 +95,25 @@ class GradAlign(Regularizer):
         fd_step: float | None = None,
     ) -> None:
         super().__init__(lam)
-        check_eps_like("GradAlign", "eps", eps, allow_none=False)
+        eps = as_magnitude("GradAlign", "eps", eps, allow_none=False)
         if estimator not in ("exact", "fd"):
             raise RobustfastError(f"GradAlign(estimator={estimator!r}): choose 'exact' or 'fd'")
         if fd_step is not None and (
             isinstance(fd_step, bool) or not isinstance(fd_step, (int, float)) or not 0 < fd_step < float("inf")
         ):
             raise RobustfastError(f"GradAlign(fd_step={fd_step!r}): the step must be a finite number > 0")
-        self.eps, self.symmetric, self.clamp_eta, self.seed = float(eps), bool(symmetric), bool(clamp_eta), seed
+        self.eps, self.symmetric, self.clamp_eta = float(eps), bool(symmetric), bool(clamp_eta)
         self.estimator = estimator
         self.fd_step = float(fd_step) if fd_step is not None else float(eps)
         self.needs_double_backward = estimator == "exact"
         exact_sym = symmetric and estimator == "exact"
         self.requests = frozenset({"clean_grad_graph"}) if exact_sym else frozenset()
-        self._generators: dict[str, torch.Generator] = {}
+        self.rng = SeededRNG(seed, owner="GradAlign")
+
+    @property
+    def seed(self) -> int | None:
+        """Seed of the private generator for ``η`` (``None``: the global RNG)."""
+        return self.rng.seed
 
     @staticmethod
     def paper_lambda(eps: float, dataset: Literal["cifar10", "svhn"] = "cifar10") -> float:
@@ -115,31 +122,22 @@ class GradAlign(Regularizer):
         CIFAR-10: ``0.02·10^(ε/8)``; SVHN: ``1.5625·1.6^(ε/8)``, with ε in /255 units (``eps * 255``).
         Tuned at ε = 8 and 16 and interpolated log-linearly; values below ε = 8 are extrapolations.
         """
-        check_eps_like("GradAlign.paper_lambda", "eps", eps, allow_none=False)
-        e = float(eps) * 255.0
+        e = float(as_magnitude("GradAlign.paper_lambda", "eps", eps, allow_none=False)) * 255.0
         if dataset == "cifar10":
             return 0.02 * 10.0 ** (e / 8.0)
         if dataset == "svhn":
             return 1.5625 * 1.6 ** (e / 8.0)
         raise RobustfastError(f"GradAlign.paper_lambda(dataset={dataset!r}): choose 'cifar10' or 'svhn'")
 
-    def _generator(self, device: torch.device) -> torch.Generator | None:
-        if self.seed is None:
-            return None
-        key = str(device)
-        if key not in self._generators:
-            self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
-        return self._generators[key]
-
     def _noisy_point(self, x: Tensor) -> Tensor:
-        point = x + uniform_like(x, self.eps, self._generator(x.device))
+        point = x + uniform_like(x, self.eps, self.rng.get(x.device))
         return point.clamp(0.0, 1.0) if self.clamp_eta else point
 
     def penalty(self, model: nn.Module, ctx: StepContext) -> Tensor:
         """Mean over examples of ``1 − cos(∇ℓ(x), ∇ℓ(x + η))`` (zero-norm rows skipped)."""
         if self.estimator == "fd":
             return self._fd_penalty(model, ctx)
-        g1 = clean_ce_grad(model, ctx, create_graph=self.symmetric)
+        g1 = ctx.clean_ce_grad(model, create_graph=self.symmetric)
         if not self.symmetric:
             g1 = g1.detach()
         point = self._noisy_point(ctx.x.detach()).requires_grad_(True)
@@ -150,7 +148,7 @@ class GradAlign(Regularizer):
         """The same value; its parameter gradient by finite differences (see the class docstring)."""
         x = ctx.x.detach()
         clean = probe(model, x, ctx.y) if self.symmetric else None
-        g1 = clean.grad if clean is not None else clean_ce_grad(model, ctx, create_graph=False).detach()
+        g1 = clean.grad if clean is not None else ctx.clean_ce_grad(model).detach()
         noisy = probe(model, self._noisy_point(x), ctx.y)
         a, b = g1.detach().requires_grad_(True), noisy.grad.detach().requires_grad_(True)  # new leaves, no copy
         omega = grad_align_cos(a, b)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..context import StepContext
 from ._gradscale import check_grad_scale, mean_sq_norm
-from .base import Regularizer, clean_ce_grad, register_regularizer
+from .base import Regularizer, register_regularizer
 
 __all__ = ["GradNorm"]
 
@@ -26,7 +26,7 @@ class GradNorm(Regularizer):
     Gradient scale as :class:`~robustfast.CURE`: per-example gradients by default; ``grad_scale="batch_mean"``
     for gradients of the batch-mean CE (penalty divided by ``B²``).
 
-    Cost (shared-context path): the attack's clean gradient with graph when taken at ``x`` (FGSM, PGD
+    Cost (shared-record path): the attack's clean gradient with graph when taken at ``x`` (FGSM, PGD
     without random start; ``"clean_grad_graph"`` is requested), else one forward and backward; plus
     second-order passes in the final backward. ``x_adv`` is not used.
 
@@ -50,4 +50,4 @@ class GradNorm(Regularizer):
 
     def penalty(self, model: nn.Module, ctx: StepContext) -> Tensor:
         """Mean over examples of ``‖∇x ℓ(x)‖²`` (input-gradient regularization)."""
-        return mean_sq_norm(clean_ce_grad(model, ctx, create_graph=True), self.grad_scale)
+        return mean_sq_norm(ctx.clean_ce_grad(model, create_graph=True), self.grad_scale)

@@ -13,11 +13,10 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from ..attacks.seat import linearity_error
 from ..context import StepContext
 from ..errors import RobustfastError
-from ..losses import cross_entropy
-from .base import Regularizer, adv_logits, clean_ce_grad, clean_logits, register_regularizer
+from ..losses import cross_entropy, linearity_error
+from .base import Regularizer, register_regularizer
 
 __all__ = ["SEAT"]
 
@@ -32,10 +31,11 @@ class SEAT(Regularizer):
     costs no extra pass. After other attacks it costs one forward and one backward at ``x``, except FGSM
     (and PGD without random start), whose clean pass is reused as well.
 
-    Flooding (Ishida et al., 2020) replaces the batch-mean training CE ``J`` by ``|J − b| + b``. To keep
-    the regularizer additive it returns ``λ·γ + (|J − b| + b − J)`` with ``J`` the mean CE at ``x_adv``;
-    added to a plain mean-CE training loss this *is* the flooded objective. The correction is not
-    multiplied by ``λ``, and it assumes the training criterion is the mean CE at ``x_adv``.
+    Flooding (Ishida et al., 2020) replaces the training loss ``J`` by ``|J − b| + b``. To keep the
+    regularizer additive it returns ``λ·γ + (|J − b| + b − J)``; added to the training loss this *is* the
+    flooded objective. In a training step (:func:`~robustfast.training.adversarial_step`, the trainer) ``J`` is
+    the step's actual training loss (label smoothing and custom criteria included); called standalone it is the
+    mean CE at ``x_adv``, so add it to exactly that loss. The correction is not multiplied by ``λ``.
 
     Args:
         lam: weight λ of ``γ`` (default 0.5, the best λ of the paper's Table 3; 0.6 reproduces the code).
@@ -61,15 +61,20 @@ class SEAT(Regularizer):
 
     def penalty(self, model: nn.Module, ctx: StepContext) -> Tensor:
         """Mean per-example (or batch) linearity error ``|ℓ(x_adv) − ℓ(x) − ⟨δ, ∇ℓ(x)⟩|``."""
-        g = clean_ce_grad(model, ctx, create_graph=False, keep_logits=True).detach()
-        ce_clean = cross_entropy(clean_logits(model, ctx), ctx.y)
-        ce_adv = cross_entropy(adv_logits(model, ctx), ctx.y)
+        g = ctx.clean_ce_grad(model, keep_logits=True).detach()
+        ce_clean = cross_entropy(ctx.clean_logits_graph(model), ctx.y)
+        ce_adv = cross_entropy(ctx.adv_logits_graph(model), ctx.y)
         gamma = linearity_error(ce_adv, ce_clean, ctx.x_adv - ctx.x, g, self.reduction)
         return gamma.mean()
 
     def flood_correction(self, model: nn.Module, ctx: StepContext) -> Tensor:
-        """``|J − b| + b − J`` for the mean CE ``J`` at ``x_adv`` (zero without flooding or when ``J ≥ b``)."""
-        j = cross_entropy(adv_logits(model, ctx), ctx.y).mean()
+        """``|J − b| + b − J`` for the training loss ``J`` (zero without flooding or when ``J ≥ b``).
+
+        In a training step ``J`` is the step's own training loss (``ctx.loss``), whatever the criterion (label
+        smoothing, a custom loss); standalone, it is the mean CE at ``x_adv``.
+        """
+        j = ctx.loss if ctx.loss is not None else cross_entropy(ctx.adv_logits_graph(model), ctx.y).mean()
+        assert self.flood is not None
         return (j - self.flood).abs() + self.flood - j
 
     def weighted(self, model: nn.Module, ctx: StepContext) -> Tensor:
