@@ -103,9 +103,11 @@ def main(argv: list[str] | None = None) -> None:
         if trainer.is_main_process:
             for h in history:
                 print(f"epoch {h['epoch'] + 1}: train loss {h['train_loss']:.3f}, val acc {h['val_acc']:.3f}, "
-                      f"val PGD-10 acc {h['val_pgd_acc']:.3f}, {h['time']:.1f}s")  # fmt: skip
+                      f"val PGD-10 acc {h['val_robust_acc']:.3f}, {h['time']:.1f}s")  # fmt: skip
             last = history[-1]
-            print(f"RESULT world_size={world} clean={last['val_acc']:.3f} pgd10={last['val_pgd_acc']:.3f}", flush=True)
+            print(
+                f"RESULT world_size={world} clean={last['val_acc']:.3f} pgd10={last['val_robust_acc']:.3f}", flush=True
+            )
     finally:
         dist.destroy_process_group()
 

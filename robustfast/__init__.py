@@ -1,65 +1,77 @@
 """robustfast: fast, reliable adversarial training for PyTorch.
 
 >>> from robustfast import ZeroGrad, GradAlign
+
+Every attack, regularizer and training loss registered by a method file is exported here under its class name,
+so a new method needs no edit of this module; functional kernels live in :mod:`robustfast.functional`.
 """
 
-from . import data, models
-from .attacks import (
-    FGSM,
-    NFGSM,
-    PGD,
-    RS,
-    Attack,
-    MultiGrad,
-    SEATAttack,
-    ZeroGrad,
-    create_attack,
-    list_attacks,
-)
+from . import attacks as _attacks
+from . import data, functional, losses, models
+from . import regularizers as _regularizers
+from .attacks import Attack, create_attack, least_likely, list_attacks
+from .component import Component, ExampleMemory
 from .context import StepContext
 from .errors import GradientMaskingWarning, RobustfastError
 from .evaluation import EvaluationReport, evaluate
+from .losses import TrainingLoss, create_loss, list_losses
 from .modes import ModePolicy, model_mode
-from .regularizers import CURE, SEAT, AdvLC, GradAlign, GradNorm, Regularizer, create_regularizer, list_regularizers
+from .regularizers import Regularizer, create_regularizer, list_regularizers
 from .training import EMA, SWA, AdversarialTrainer, COGuard, Cyclic, OneCycle, Piecewise, adversarial_step
 
 __version__ = "0.1.0"
 
+
+def _method_classes() -> dict[str, type]:
+    """Every registered attack, regularizer and training loss class, by class name."""
+    from .attacks.base import ATTACKS
+    from .losses import LOSSES
+    from .regularizers.base import REGULARIZERS
+
+    out: dict[str, type] = {}
+    for registry in (ATTACKS, REGULARIZERS, LOSSES):
+        for name in registry.list():
+            obj = registry.get(name)
+            out[obj.__name__] = obj
+    return out
+
+
+_METHODS = _method_classes()
+globals().update(_METHODS)
+
 __all__ = [
-    "CURE",
     "EMA",
-    "FGSM",
-    "NFGSM",
-    "PGD",
-    "RS",
-    "SEAT",
     "SWA",
-    "AdvLC",
     "AdversarialTrainer",
     "Attack",
     "COGuard",
+    "Component",
     "Cyclic",
     "EvaluationReport",
-    "GradAlign",
-    "GradNorm",
+    "ExampleMemory",
     "GradientMaskingWarning",
     "ModePolicy",
-    "MultiGrad",
     "OneCycle",
     "Piecewise",
     "Regularizer",
     "RobustfastError",
-    "SEATAttack",
     "StepContext",
-    "ZeroGrad",
+    "TrainingLoss",
     "__version__",
     "adversarial_step",
     "create_attack",
+    "create_loss",
     "create_regularizer",
     "data",
     "evaluate",
+    "functional",
+    "least_likely",
     "list_attacks",
+    "list_losses",
     "list_regularizers",
+    "losses",
     "model_mode",
     "models",
 ]
+__all__ += sorted(set(_METHODS) - set(__all__))
+del _attacks, _regularizers

@@ -16,7 +16,7 @@ _CURVES = (("clean_acc", "clean"), ("fgsm_acc", "FGSM"), ("pgd_acc", "PGD"))
 _ALIASES = {
     "clean_acc": ("val_acc",),
     "fgsm_acc": ("co_fgsm_acc",),
-    "pgd_acc": ("val_pgd_acc", "co_pgd_acc"),
+    "pgd_acc": ("val_robust_acc", "co_pgd_acc"),
 }
 
 

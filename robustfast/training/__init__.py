@@ -1,12 +1,12 @@
-"""Training: the shared adversarial step and the ``AdversarialTrainer`` with its schedules and callbacks."""
+"""Training: the phased adversarial step and the ``AdversarialTrainer`` with its schedules, hooks and guard."""
 
 from .averaging import EMA, SWA, recompute_bn
-from .callbacks import HOOKS, TensorBoardLogger, call_hook
+from .callbacks import HOOKS, HookSet, TensorBoardLogger
 from .checkpoint import load_checkpoint, save_checkpoint
-from .co_guard import COCheck, COGuard, default_strengthen
+from .co_guard import COCheck, COGuard
 from .history import History
 from .schedules import Constant, Cyclic, LinearWarmup, OneCycle, Piecewise, Schedule
-from .step import StepOutput, adversarial_step
+from .step import StepOutput, adversarial_step, craft, step_losses
 from .trainer import AdversarialTrainer
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "Constant",
     "Cyclic",
     "History",
+    "HookSet",
     "LinearWarmup",
     "OneCycle",
     "Piecewise",
@@ -26,9 +27,9 @@ __all__ = [
     "StepOutput",
     "TensorBoardLogger",
     "adversarial_step",
-    "call_hook",
-    "default_strengthen",
+    "craft",
     "load_checkpoint",
     "recompute_bn",
     "save_checkpoint",
+    "step_losses",
 ]

@@ -1,18 +1,22 @@
-"""Weight averaging as trainer callbacks: EMA, and SWA with BatchNorm re-estimation (AdvLC's code).
+"""Weight averaging as trainer participants, on ``torch.optim.swa_utils``: EMA, and SWA with BatchNorm re-estimation.
 
-Both keep a separate averaged copy of the model (``averager.model``), updated after optimizer steps; the
-trainer evaluates it next to the live model and stores it in checkpoints.
+Both keep an :class:`~torch.optim.swa_utils.AveragedModel` (``averager.averaged``; ``averager.model`` is the
+averaged network itself) updated after optimizer steps; the trainer evaluates it next to the live model and stores
+it in checkpoints. EMA uses ``get_ema_multi_avg_fn`` and SWA ``get_swa_multi_avg_fn``; BatchNorm statistics are
+re-estimated with ``torch.optim.swa_utils.update_bn``. Our code adds only what torch lacks: the trainer hooks,
+EMA's ``start_step``, SWA's period in steps and a cap on the batches used for BatchNorm.
 """
 
 from __future__ import annotations
 
-import copy
+import itertools
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, get_swa_multi_avg_fn, update_bn
 
 from ..errors import RobustfastError
 
@@ -20,67 +24,80 @@ __all__ = ["EMA", "SWA", "recompute_bn"]
 
 
 class _Averager:
-    model: nn.Module | None = None
+    name: ClassVar[str] = "avg"
+    averaged: AveragedModel | None = None
 
-    def _init_copy(self, model: nn.Module) -> None:
-        if self.model is None:
-            self.model = copy.deepcopy(model).eval()
-            for p in self.model.parameters():
-                p.requires_grad_(False)
+    def _make(self, model: nn.Module) -> AveragedModel:
+        raise NotImplementedError
+
+    def _ensure(self, model: nn.Module) -> AveragedModel:
+        if self.averaged is None:
+            self.averaged = self._make(model)
+            self.averaged.eval()
+        return self.averaged
+
+    @property
+    def model(self) -> nn.Module | None:
+        """The averaged network (same architecture as the live model), or ``None`` before training."""
+        return None if self.averaged is None else self.averaged.module
 
     def state_dict(self) -> dict[str, Any]:
-        """Averaged weights and counters (tensors and plain values)."""
-        return {"model": None if self.model is None else self.model.state_dict(), **self._counters()}
+        """The averaged model's state (weights, buffers, ``n_averaged``) and the averager's counters."""
+        return {"averaged": None if self.averaged is None else self.averaged.state_dict(), **self._counters()}
 
     def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
-        """Restore from :meth:`state_dict`; ``model`` is the live model (the copy's architecture)."""
-        if state["model"] is not None:
-            self._init_copy(model)
-            assert self.model is not None
-            self.model.load_state_dict(state["model"])
+        """Restore :meth:`state_dict`; ``model`` is the live model (the average's architecture)."""
+        if state.get("averaged") is not None:
+            self._ensure(model).load_state_dict(state["averaged"])
+        else:
+            self.averaged = None
         for k, v in state.items():
-            if k != "model":
+            if k != "averaged":
                 setattr(self, k, v)
 
     def _counters(self) -> dict[str, Any]:
         return {}
 
+    def on_fit_start(self, trainer: Any) -> None:
+        """Create the averaged copy from the live model (unless a checkpoint restored it)."""
+        self._ensure(trainer.model)
+
 
 class EMA(_Averager):
     """Exponential moving average of the weights: ``avg ← decay·avg + (1 − decay)·w`` after every step.
 
-    Buffers (BatchNorm statistics) are copied from the live model. Not used by the seed papers (their only
-    averaging is AdvLC's SWA); offered as the common robust-overfitting remedy.
+    Buffers (BatchNorm statistics) are copied from the live model (``AveragedModel(use_buffers=False)``). Not
+    used by the seed papers (their only averaging is AdvLC's SWA); FastAT_Benchmark uses decay 0.9995.
 
     Args:
         decay: EMA decay per step (default 0.999).
-        start_step: first optimizer step that updates the average (default 0); before it the copy tracks
-            the live weights.
+        start_step: optimizer steps before averaging starts (default 0); until then the copy tracks the live
+            weights.
     """
+
+    name: ClassVar[str] = "ema"
 
     def __init__(self, decay: float = 0.999, start_step: int = 0) -> None:
         if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
             raise RobustfastError(f"EMA(decay={decay!r}): decay must be in [0, 1)")
-        if not isinstance(start_step, int) or start_step < 0:
+        if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
             raise RobustfastError(f"EMA(start_step={start_step!r}): must be an integer >= 0")
         self.decay, self.start_step = float(decay), start_step
-        self.model = None
+        self.averaged = None
+
+    def _make(self, model: nn.Module) -> AveragedModel:
+        return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=False)
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         """Fold the live ``model`` into the average (``step``: the global optimizer step, from 1)."""
-        self._init_copy(model)
-        assert self.model is not None
-        d = self.decay if step > self.start_step else 0.0
-        for a, p in zip(self.model.parameters(), model.parameters()):
-            a.lerp_(p.detach(), 1.0 - d)
-        for a, b in zip(self.model.buffers(), model.buffers()):
-            a.copy_(b)
+        avg = self._ensure(model)
+        if step <= self.start_step:
+            avg.n_averaged.zero_()  # the next update copies the live weights
+        avg.update_parameters(model)
 
-    def on_fit_start(self, trainer: Any) -> None:
-        self._init_copy(trainer.model)
-
-    def on_batch_end(self, trainer: Any, step: int) -> None:
+    def on_after_optimizer_step(self, trainer: Any, step: int) -> None:
+        """Update after every optimizer step."""
         self.update(trainer.model, step)
 
 
@@ -88,9 +105,9 @@ class SWA(_Averager):
     """Stochastic weight averaging with equal weights and BatchNorm re-estimation (AdvLC's ``--swa 50 n 500``).
 
     From epoch ``start_epoch`` on, every ``every_steps`` optimizer steps the live weights are folded into an equal-
-    weight running mean (``avg ← avg + (w − avg)/(n + 1)``); BatchNorm running statistics of the average are then
-    recomputed with forward passes over the training loader (``bn_update="each"``, AdvLC's code), only at the end
-    of training (``"end"``), or never (``None``).
+    weight running mean; BatchNorm running statistics of the average are then recomputed with forward passes over
+    the training loader (``bn_update="each"``, AdvLC's code), only at the end of training (``"end"``), or never
+    (``None``).
 
     Args:
         start_epoch: first epoch (0-based) whose steps are averaged (default 50, AdvLC).
@@ -98,6 +115,8 @@ class SWA(_Averager):
         bn_update: ``"each"`` (default), ``"end"`` or ``None``.
         bn_batches: cap on the batches used to re-estimate BatchNorm (default ``None``: the whole loader).
     """
+
+    name: ClassVar[str] = "swa"
 
     def __init__(
         self,
@@ -111,34 +130,39 @@ class SWA(_Averager):
                 raise RobustfastError(f"SWA({name}={v!r}): must be a non-negative (every_steps: positive) integer")
         if bn_update not in ("each", "end", None):
             raise RobustfastError(f"SWA(bn_update={bn_update!r}): choose 'each', 'end' or None")
-        if bn_batches is not None and (not isinstance(bn_batches, int) or bn_batches < 1):
+        if bn_batches is not None and (
+            isinstance(bn_batches, bool) or not isinstance(bn_batches, int) or bn_batches < 1
+        ):
             raise RobustfastError(f"SWA(bn_batches={bn_batches!r}): must be a positive integer or None")
         self.start_epoch, self.every_steps = start_epoch, every_steps
         self.bn_update, self.bn_batches = bn_update, bn_batches
-        self.model = None
-        self.n_averaged = 0
+        self.averaged = None
 
-    def _counters(self) -> dict[str, Any]:
-        return {"n_averaged": self.n_averaged}
+    def _make(self, model: nn.Module) -> AveragedModel:
+        return AveragedModel(model, multi_avg_fn=get_swa_multi_avg_fn(), use_buffers=False)
+
+    @property
+    def n_averaged(self) -> int:
+        """Number of weight snapshots in the average."""
+        return 0 if self.averaged is None else int(self.averaged.n_averaged)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Fold the live ``model`` into the equal-weight average."""
-        if self.model is None or self.n_averaged == 0:
-            self.model = None
-            self._init_copy(model)
-        else:
-            for a, p in zip(self.model.parameters(), model.parameters()):
-                a.add_((p.detach() - a) / (self.n_averaged + 1))
-        self.n_averaged += 1
+        self._ensure(model).update_parameters(model)
 
-    def on_batch_end(self, trainer: Any, epoch: int, step: int) -> None:
-        if epoch >= self.start_epoch and step % self.every_steps == 0:
+    def on_fit_start(self, trainer: Any) -> None:
+        """Nothing to copy yet: the average starts at ``start_epoch``."""
+
+    def on_after_optimizer_step(self, trainer: Any, step: int) -> None:
+        """Average every ``every_steps`` steps from ``start_epoch`` on (and re-estimate BatchNorm if asked)."""
+        if trainer.epoch >= self.start_epoch and step % self.every_steps == 0:
             self.update(trainer.model)
             if self.bn_update == "each":
                 recompute_bn(self.model, trainer.train_loader, trainer.device, self.bn_batches)
 
     def on_fit_end(self, trainer: Any) -> None:
+        """Re-estimate BatchNorm once at the end (``bn_update="end"``)."""
         if self.bn_update == "end" and self.model is not None:
             recompute_bn(self.model, trainer.train_loader, trainer.device, self.bn_batches)
 
@@ -147,26 +171,18 @@ class SWA(_Averager):
 def recompute_bn(
     model: nn.Module | None, loader: Iterable[Any], device: torch.device | None = None, max_batches: int | None = None
 ) -> None:
-    """Re-estimate BatchNorm running statistics of ``model`` with a cumulative average over ``loader``.
+    """Re-estimate BatchNorm running statistics of ``model`` over ``loader`` (``torch.optim.swa_utils.update_bn``).
 
-    Batches may be tensors or ``(x, y, ...)`` tuples. Leaves ``model`` in eval mode; no-op without BatchNorm.
+    Batches may be tensors or ``(x, y, ...)`` tuples; ``max_batches`` caps the passes (torch's ``update_bn`` has
+    no cap). Leaves ``model`` in eval mode; no-op without BatchNorm.
     """
-    if model is None:
+    if model is None or not any(isinstance(m, _BatchNorm) for m in model.modules()):
         return
-    bns = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-    if not bns:
-        return
-    momenta = {}
-    for m in bns:
-        m.reset_running_stats()
-        momenta[m] = m.momentum
-        m.momentum = None  # cumulative moving average over the batches
-    model.train()
-    for i, batch in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        x: Tensor = batch[0] if isinstance(batch, (list, tuple)) else batch
-        model(x.to(device) if device is not None else x)
-    for m in bns:
-        m.momentum = momenta[m]
+    batches = loader if max_batches is None else itertools.islice(loader, max_batches)
+    update_bn(_inputs(batches), model, device)
     model.eval()
+
+
+def _inputs(batches: Iterable[Any]) -> Iterable[Tensor]:
+    for b in batches:
+        yield b[0] if isinstance(b, (list, tuple)) else b

@@ -1,14 +1,17 @@
-"""Atomic checkpoints and exact RNG capture.
+"""Atomic checkpoints, safe loading and exact RNG capture.
 
 :func:`save_checkpoint` writes to a temporary file in the same folder, flushes it to disk and renames it over
 the target (``os.replace`` is atomic on POSIX and Windows), so a crash or error during saving never damages the
 previous checkpoint. :func:`load_checkpoint` uses ``torch.load(weights_only=True)``: no arbitrary code is
-unpickled; everything saved is tensors and plain Python values.
+unpickled; everything saved is tensors and plain Python values. Methods' own generators are part of their state
+(:meth:`robustfast.component.Component.state_dict`); :func:`capture_rng` covers the global generators and the
+loaders'.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,14 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..attacks.base import Attack
 from ..errors import RobustfastError
 
 __all__ = ["capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint"]
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Save ``state`` to ``path`` atomically (write ``path.tmp``, fsync, rename); returns the path."""
+    """Save ``state`` to ``path`` atomically (write a temporary file, fsync, rename); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -41,22 +43,35 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (safe: tensors and plain values only)."""
+    """Load a checkpoint safely (``torch.load(weights_only=True)``: tensors and plain values only).
+
+    Raises:
+        RobustfastError: the file is missing, truncated, not a torch file, or holds objects other than
+            tensors and plain values; the message names the file.
+    """
     path = Path(path)
     if not path.is_file():
-        raise RobustfastError(f"checkpoint {path} does not exist; check checkpoint_dir or pass resume=False")
-    return torch.load(path, map_location=map_location, weights_only=True)
+        raise RobustfastError(f"checkpoint {str(path)!r} does not exist; check the path (or pass resume=False)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # pickled Python objects: never retried with weights_only=False
+        raise RobustfastError(
+            f"checkpoint {str(path)!r} holds Python objects other than tensors and plain values; robustfast loads "
+            "checkpoints with weights_only=True and never unpickles arbitrary code. Re-save it as a state_dict"
+        ) from None
+    except Exception as e:  # truncated zip, HTML saved as .pt, not a torch file at all
+        reason = str(e).splitlines()[0][:160]
+        raise RobustfastError(
+            f"could not read checkpoint {str(path)!r}: the file is truncated, corrupt or not a torch file "
+            f"({type(e).__name__}: {reason}); use an intact copy (an interrupted save never replaces the last one)"
+        ) from None
+    if not isinstance(state, dict):
+        raise RobustfastError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, not a dict")
+    return state
 
 
-def _generators(attacks: Iterable[Attack | None], loaders: Iterable[Any]) -> dict[str, torch.Generator]:
+def _generators(loaders: Iterable[Any]) -> dict[str, torch.Generator]:
     gens: dict[str, torch.Generator] = {}
-    for i, atk in enumerate(attacks):
-        if atk is None:
-            continue
-        if atk._generator is not None:
-            gens[f"attack{i}:custom"] = atk._generator
-        for key, g in atk._generators.items():
-            gens[f"attack{i}:{key}"] = g
     seen: set[int] = set()
     for i, loader in enumerate(loaders):
         sampler = getattr(loader, "sampler", None)
@@ -67,22 +82,22 @@ def _generators(attacks: Iterable[Attack | None], loaders: Iterable[Any]) -> dic
     return gens
 
 
-def capture_rng(attacks: Iterable[Attack | None] = (), loaders: Iterable[Any] = ()) -> dict[str, Any]:
-    """Every RNG state a training run consumes: torch (CPU, CUDA), Python, NumPy, attack and loader generators."""
+def capture_rng(loaders: Iterable[Any] = ()) -> dict[str, Any]:
+    """The global RNG states a run consumes (torch CPU and CUDA, Python, NumPy) and the loaders' generators."""
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
         "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
-        "generators": {k: g.get_state() for k, g in _generators(attacks, loaders).items()},
+        "generators": {k: g.get_state() for k, g in _generators(loaders).items()},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def restore_rng(state: dict[str, Any], attacks: Iterable[Attack | None] = (), loaders: Iterable[Any] = ()) -> None:
-    """Inverse of :func:`capture_rng` (attack generators are created on their device if needed)."""
+def restore_rng(state: dict[str, Any], loaders: Iterable[Any] = ()) -> None:
+    """Inverse of :func:`capture_rng`."""
     torch.set_rng_state(state["torch"])
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
@@ -90,16 +105,11 @@ def restore_rng(state: dict[str, Any], attacks: Iterable[Attack | None] = (), lo
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    attacks = list(attacks)
-    for i, atk in enumerate(attacks):  # materialize seeded generators so their states can be set
-        if atk is None:
-            continue
-        for key in state["generators"]:
-            prefix, _, dev = key.partition(":")
-            if prefix == f"attack{i}" and dev != "custom":
-                atk.generator(torch.device(dev))
-    gens = _generators(attacks, loaders)
+    gens = _generators(loaders)
     for key, s in state["generators"].items():
         if key not in gens:
-            raise RobustfastError(f"checkpoint has RNG state {key!r} that this run lacks; resume with the same setup")
+            raise RobustfastError(
+                f"checkpoint has the loader RNG state {key!r} that this run lacks; resume with the same loader set-up "
+                "(a DataLoader built with generator=torch.Generator())"
+            )
         gens[key].set_state(s)

@@ -11,7 +11,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..attacks.base import Attack
+from ..component import Component
 from ..errors import RobustfastError
+from ..losses import TrainingLoss
 from ..modes import resolve_policy
 from ..regularizers.base import Regularizer
 from .averaging import EMA, SWA
@@ -32,6 +34,11 @@ def check_trainer_args(a: dict[str, Any]) -> None:
     model, attack, opt = a["model"], a["attack"], a["optimizer"]
     if not isinstance(model, nn.Module) or next(model.parameters(), None) is None:
         raise RobustfastError("AdversarialTrainer(model=...): pass an nn.Module with trainable parameters")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise RobustfastError(
+            "AdversarialTrainer(model=...): every parameter is frozen (requires_grad=False), so there is nothing to "
+            "train; unfreeze the layers to train (p.requires_grad_(True))"
+        )
     if attack is not None:
         if not isinstance(attack, Attack):
             raise RobustfastError(f"AdversarialTrainer(attack=...): expected an Attack or None, got {type(attack)}")
@@ -39,6 +46,12 @@ def check_trainer_args(a: dict[str, Any]) -> None:
             raise RobustfastError(
                 "AdversarialTrainer: the attack was built on a different model; build it on the model you train "
                 "(e.g. FGSM(model, eps)) so it attacks the current weights"
+            )
+        if attack.space != "pixel":
+            raise RobustfastError(
+                f"AdversarialTrainer: {type(attack).__name__} was told its inputs are normalized "
+                "(set_normalization_used), but the trainer's validation, guard and checkpoints work on [0, 1] images; "
+                "put the normalization inside the model (robustfast.models.Normalize) and feed [0, 1] images"
             )
     regs = a["regularizers"]
     if isinstance(regs, Regularizer) or not all(isinstance(r, Regularizer) for r in regs):
@@ -60,12 +73,21 @@ def check_trainer_args(a: dict[str, Any]) -> None:
     warm = a["eps_warmup"]
     if not callable(warm):
         _number("eps_warmup", warm, 0.0)
+    if not isinstance(a["verbose"], bool) or not isinstance(a["progress"], bool):
+        raise RobustfastError("AdversarialTrainer(progress=..., verbose=...): True or False")
     if warm and attack is None:
         raise RobustfastError("AdversarialTrainer(eps_warmup=...): there is no attack to warm up (attack=None)")
     if a["attack_bn_mode"] is not None:
         resolve_policy(a["attack_bn_mode"])
-    if a["criterion"] is not None and not callable(a["criterion"]):
-        raise RobustfastError("AdversarialTrainer(criterion=...): must be callable (logits, y) -> scalar loss")
+    crit = a["criterion"]
+    if crit is not None and not isinstance(crit, TrainingLoss) and not callable(crit):
+        raise RobustfastError(
+            "AdversarialTrainer(criterion=...): a TrainingLoss (e.g. robustfast.losses.CrossEntropy()) or a callable "
+            "(logits, y) -> scalar loss"
+        )
+    plugins = a["plugins"]
+    if isinstance(plugins, Component) or not all(isinstance(p, Component) for p in plugins):
+        raise RobustfastError("AdversarialTrainer(plugins=...): pass a sequence of Component objects (e.g. [AWP(...)])")
     _number("label_smoothing", a["label_smoothing"], 0.0, 1.0)
     if a["label_smoothing"] >= 1.0:
         raise RobustfastError("AdversarialTrainer(label_smoothing=1.0): must be < 1")
@@ -75,13 +97,14 @@ def check_trainer_args(a: dict[str, Any]) -> None:
         _number("grad_clip", a["grad_clip"], 0.0, lo_open=True)
     if a["amp"] not in (None, "bf16", "fp16"):
         raise RobustfastError(f"AdversarialTrainer(amp={a['amp']!r}): choose None, 'bf16' or 'fp16'")
-    if a["compile"] and any(r.needs_double_backward for r in regs):
+    parts = [*regs, *([crit] if isinstance(crit, TrainingLoss) else [])]
+    if a["compile"] and any(getattr(r, "needs_double_backward", False) for r in parts):
         raise RobustfastError(
             "AdversarialTrainer(compile=True): torch.compile does not support the double backward these "
             "regularizers need; use compile=False (or GradAlign(estimator='fd'), which needs none)"
         )
     has_bn = any(isinstance(m, _BatchNorm) and m.track_running_stats for m in model.modules())
-    reusers = [type(r).__name__ for r in regs if "clean_logits" in r.requests]
+    reusers = [type(r).__name__ for r in parts if "clean_logits" in r.requests]
     if a["compile"] and has_bn and reusers:
         raise RobustfastError(
             f"AdversarialTrainer(compile=True): {', '.join(reusers)} reuse(s) the attack's clean forward in the final "

@@ -1,20 +1,29 @@
-"""One adversarial training step's loss, shared by the trainer, the tests and users' own loops."""
+"""One adversarial training step, in named phases, shared by the trainer, the tests and users' own loops.
+
+Phases: **craft** (the attack returns the step record, :class:`~robustfast.context.StepContext`) → **training
+loss** (a :class:`~robustfast.losses.TrainingLoss` on the record: at ``x_adv`` by default, on the clean input for
+TRADES/MART/GAT) → **penalties** (regularizers on the record) → backward → optimizer step (the last two are the
+caller's). Everything computed once (the attack's clean gradient and logits, the training forward) is reused.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_batch
 from ..attacks.base import Attack
 from ..context import StepContext
+from ..errors import RobustfastError
+from ..losses import TrainingLoss, as_training_loss
 from ..regularizers.attention import math_attention
-from ..regularizers.base import ADV_POINT, Regularizer
+from ..regularizers.base import Regularizer
 
-__all__ = ["StepOutput", "adversarial_step"]
+__all__ = ["StepOutput", "adversarial_step", "craft", "step_losses", "step_requests"]
 
 
 @dataclass
@@ -22,18 +31,68 @@ class StepOutput:
     """What :func:`adversarial_step` returns.
 
     Attributes:
-        loss: the total differentiable loss (training criterion at ``x_adv`` + weighted penalties).
-        criterion: the training criterion's value (detached).
+        loss: the total differentiable loss (training loss + weighted penalties).
+        criterion: the training loss's value (detached).
+        logits: logits of the training forward at ``x_adv`` (detached; ``None`` when the training loss did not
+            run one).
+        context: the step record (attack intermediates and logits).
         penalties: each regularizer's weighted value (detached), keyed by its name.
-        logits: logits at ``x_adv`` (detached).
-        context: the step context (attack intermediates and logits).
     """
 
     loss: Tensor
     criterion: Tensor
-    logits: Tensor
+    logits: Tensor | None
     context: StepContext
     penalties: dict[str, Tensor] = field(default_factory=dict)
+
+
+def step_requests(parts: Iterable[Any]) -> frozenset[str]:
+    """The union of the ``requests`` the training loss and the regularizers declare."""
+    out: set[str] = set()
+    for p in parts:
+        out |= set(getattr(p, "requests", ()))
+    return frozenset(out)
+
+
+def needs_double_backward(parts: Iterable[Any]) -> bool:
+    """Whether any part differentiates through an input gradient (then fused attention is switched off)."""
+    return any(getattr(p, "needs_double_backward", False) for p in parts)
+
+
+def craft(
+    model: nn.Module,
+    attack: Attack | None,
+    x: Tensor,
+    y: Tensor,
+    *,
+    index: Tensor | None = None,
+    requests: Iterable[str] = (),
+) -> StepContext:
+    """Phase 1: run the attack and return the step record (``attack=None``: standard training, ``x_adv = x``)."""
+    if attack is None:
+        check_batch("adversarial_step", x, y)
+        return StepContext(x=x.detach(), y=y.long(), index=index, model=model, x_adv=x.detach(),
+                           requests=frozenset(requests))  # fmt: skip
+    if not isinstance(attack, Attack):
+        raise RobustfastError(f"adversarial_step: attack must be an Attack or None, got {type(attack).__name__}")
+    return attack.craft(x, y, index=index, requests=requests)
+
+
+def step_losses(ctx: StepContext, criterion: TrainingLoss, regularizers: Sequence[Regularizer]) -> StepOutput:
+    """Phases 2-3: the training loss on the record, then each regularizer's weighted penalty."""
+    crit = criterion(ctx)
+    if not isinstance(crit, Tensor) or crit.numel() != 1:
+        raise RobustfastError(f"{criterion!r} must return a scalar loss")
+    ctx.loss = crit
+    loss, penalties = crit, {}
+    seen: dict[str, int] = {}
+    for r in regularizers:
+        term = r(ctx.net(), ctx.x, ctx.y, ctx.x_adv, context=ctx)
+        seen[r.name] = seen.get(r.name, 0) + 1
+        penalties[r.name if seen[r.name] == 1 else f"{r.name}#{seen[r.name]}"] = term.detach()
+        loss = loss + term
+    logits = ctx.adv_logits.detach() if ctx.adv_logits is not None else None
+    return StepOutput(loss=loss, criterion=crit.detach(), logits=logits, context=ctx, penalties=penalties)
 
 
 def adversarial_step(
@@ -43,48 +102,36 @@ def adversarial_step(
     x: Tensor,
     y: Tensor,
     *,
-    criterion: Callable[[Tensor, Tensor], Tensor] | None = None,
+    criterion: TrainingLoss | Callable[[Tensor, Tensor], Tensor] | None = None,
+    index: Tensor | None = None,
 ) -> StepOutput:
-    """Attack, training forward at ``x_adv``, criterion and penalties, with intermediates shared.
+    """Craft, training loss and penalties, with intermediates shared (call ``out.loss.backward()`` after).
 
-    The attack fills the step context (its gradient, random start, clean logits/gradient when it computed
-    them); the training forward's logits are stored as ``context.adv_logits``; each regularizer then reads
-    what it needs and computes only the rest. The model's mode is the caller's (the trainer: ``train()``).
-    When a regularizer needs double backprop, the whole step runs under
-    :func:`~robustfast.regularizers.attention.math_attention` (timm ViTs: no fused attention).
+    The attack fills the step record (clean logits/gradient when it computed them); the training loss runs the
+    training forward (its logits become ``context.adv_logits``); each regularizer then reads what it needs and
+    computes only the rest. Every pass uses the record's pixel-space network, so with an attack fed normalized
+    images (``set_normalization_used``) the penalties and ε are in pixel units like the attack's. The model's
+    mode is the caller's (the trainer: ``train()``). When a part needs double backprop, the whole step runs
+    under :func:`~robustfast.regularizers.attention.math_attention` (timm ViTs: no fused attention).
 
     Args:
         model: the network being trained.
         attack: the training attack (``None``: standard training on clean ``x``).
         regularizers: penalties added to the loss.
-        x: clean images in ``[0, 1]``.
+        x: clean inputs (``[0, 1]`` images, or normalized ones if the attack was told so).
         y: labels.
-        criterion: ``(logits, y) -> scalar`` training loss (default: mean cross-entropy).
+        criterion: a :class:`~robustfast.losses.TrainingLoss` or ``(logits, y) -> scalar`` applied at ``x_adv``
+            (default: mean cross-entropy at ``x_adv``).
+        index: dataset indices of the batch (for attacks with per-example memory).
 
     Returns:
-        A :class:`StepOutput`; call ``out.loss.backward()``.
+        A :class:`StepOutput`.
     """
-    requests: set[str] = set()
-    for r in regularizers:
-        requests |= r.requests
-    double = any(r.needs_double_backward for r in regularizers)
-    ctx = StepContext(x=x, y=y, requests=requests)
-    # Double backprop also runs through the attack's and the training forward's graphs (reused gradients),
-    # so fused attention kernels are switched to the math path for the whole step.
-    with math_attention(model) if double else nullcontext():
-        x_adv = attack(x, y, context=ctx) if attack is not None else x
-        ctx.x_adv = x_adv
-        point = x_adv
-        if "adv_grad_graph" in requests:  # ∇x ℓ(x_adv) is then read off the training forward
-            point = x_adv.detach().requires_grad_(True)
-            ctx.extras[ADV_POINT] = point
-        logits = model(point)
-        ctx.adv_logits = logits
-        crit = (criterion or F.cross_entropy)(logits, y)
-        loss = crit
-        penalties: dict[str, Tensor] = {}
-        for r in regularizers:
-            term = r(model, x, y, x_adv, context=ctx)
-            penalties[r.name] = term.detach()
-            loss = loss + term
-    return StepOutput(loss=loss, criterion=crit.detach(), logits=logits.detach(), context=ctx, penalties=penalties)
+    loss_fn = as_training_loss(criterion)
+    regs = list(regularizers)
+    if not all(isinstance(r, Regularizer) for r in regs):
+        raise RobustfastError("adversarial_step(regularizers=...): pass a sequence of Regularizer objects (or ())")
+    parts = [loss_fn, *regs]
+    with math_attention(model) if needs_double_backward(parts) else nullcontext():
+        ctx = craft(model, attack, x, y, index=index, requests=step_requests(parts))
+        return step_losses(ctx, loss_fn, regs)
