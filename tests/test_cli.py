@@ -102,7 +102,7 @@ def test_train_then_eval_end_to_end(tmp_path, capsys) -> None:
         assert (out / name).is_file(), name
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     history = json.loads((out / "history.json").read_text())
-    assert len(history) == 2 and all("val_pgd_acc" in h for h in history)
+    assert len(history) == 2 and all("val_robust_acc" in h for h in history)
     report = json.loads((out / "report.json").read_text())
     acc = {r["name"]: r["accuracy"] for r in report["results"]} if "results" in report else report["accuracy"]
     assert acc["clean"] >= acc["pgd-5"] and acc["clean"] > 0.5

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from conftest import SmoothCNN, TinyCNN
 
 import robustfast as rf
-from robustfast import CURE, FGSM, RS, SEAT, AdvLC, GradAlign, GradNorm, StepContext
-from robustfast.regularizers import attack_mode_matches, math_attention
+from robustfast import CURE, FGSM, RS, SEAT, AdvLC, GradAlign, GradNorm
+from robustfast.modes import policy_matches as attack_mode_matches
+from robustfast.regularizers import math_attention
 from robustfast.regularizers.gradalign import grad_align_cos
 from robustfast.training import adversarial_step
 
@@ -41,7 +42,7 @@ def per_sample_grads(model, x, y, create_graph=False):
 
 # ---------------------------------------------------------------------------- registry and protocol
 def test_registry_and_top_level_exports() -> None:
-    assert rf.list_regularizers() == NAMES
+    assert set(NAMES) <= set(rf.list_regularizers())
     assert type(rf.create_regularizer("igr")) is GradNorm and type(rf.create_regularizer("seat-fl")) is SEAT
     for cls in (GradAlign, AdvLC, SEAT, CURE, GradNorm):
         assert isinstance(cls(), rf.Regularizer)
@@ -274,8 +275,7 @@ def test_attack_mode_matches() -> None:
 def test_context_reuse_of_fgsm_gradient(batch) -> None:
     x, y = batch
     m = TinyCNN().train()
-    ctx = StepContext(x, y)
-    FGSM(m, bn_mode="train")(x, y, context=ctx)
+    ctx = FGSM(m, bn_mode="train").craft(x, y)
     g = ctx.clean_grad
     GradAlign(seed=0)(m, x, y, context=ctx)
     assert ctx.clean_grad is g  # FGSM's gradient was used as g1, not recomputed
@@ -396,7 +396,7 @@ def test_bad_inputs(model, batch) -> None:
         AdvLC()(model, x, y)
     with pytest.raises(rf.RobustfastError, match="x_adv must have the shape"):
         SEAT()(model, x, y, x[:2])
-    with pytest.raises(rf.RobustfastError, match="integer labels"):
+    with pytest.raises(rf.RobustfastError, match="integer class indices"):
         GradNorm()(model, x, y.float())
 
 
