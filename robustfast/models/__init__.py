@@ -4,12 +4,13 @@ PreAct ResNet-18 comes in the three forms of the papers' official code (``varian
 ``"wong"`` and ``"gradalign"``; also registered as ``preact_resnet18_<variant>``): see
 :mod:`robustfast.models.preact_resnet`.
 
->>> from robustfast import models
->>> net = models.create("preact_resnet18", num_classes=10, normalize="cifar10")
->>> models.create("preact_resnet18_gradalign").variant
-'gradalign'
->>> models.list_models("wrn*")
-['wrn_16_4', 'wrn_16_8', 'wrn_28_10', 'wrn_28_4', 'wrn_34_10', 'wrn_34_20', 'wrn_70_16']
+Example:
+    >>> from robustfast import models
+    >>> net = models.create("preact_resnet18", num_classes=10, normalize="cifar10")
+    >>> models.create("preact_resnet18_gradalign").variant
+    'gradalign'
+    >>> models.list_models("wrn*")
+    ['wrn_16_4', 'wrn_16_8', 'wrn_28_10', 'wrn_28_4', 'wrn_34_10', 'wrn_34_20', 'wrn_70_16']
 """
 
 from .factory import MODELS, create, list_models, load_checkpoint, register_model
