@@ -9,6 +9,9 @@ docs are built (the source is untouched):
   branch cannot break the strict build.
 * ``:math:`...``` -> ``\\( ... \\)`` and ``.. math:: ...`` (with its indented continuation lines) ->
   a ``$$ ... $$`` block, both handled by pymdownx.arithmatex.
+* Doctest lines (``>>> ...`` and their output, up to the next blank line) outside fenced code -> a fenced
+  ``pycon`` block. Under an ``Example:`` admonition Markdown would otherwise read ``>>>`` as three nested
+  block quotes and run the lines together.
 """
 
 from __future__ import annotations
@@ -62,11 +65,40 @@ def _math_blocks(text: str) -> str:
     return "\n".join(out)
 
 
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _doctest_blocks(text: str) -> str:
+    lines = text.splitlines()
+    out: list[str] = []
+    fenced = False
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        stripped = line.lstrip()
+        if stripped.startswith("```"):
+            fenced = not fenced
+        if fenced or not stripped.startswith(">>>"):
+            out.append(line)
+            i += 1
+            continue
+        indent = line[: _indent(line)]
+        block: list[str] = []
+        while i < len(lines) and lines[i].strip() and _indent(lines[i]) >= len(indent):
+            block.append(lines[i][len(indent) :])
+            i += 1
+        if out and out[-1].strip() and not out[-1].rstrip().endswith(":"):  # keep "Example:" on its content
+            out.append("")
+        out += [f"{indent}```pycon", *(f"{indent}{b}" for b in block), f"{indent}```"]
+    return "\n".join(out)
+
+
 def rst_to_markdown(text: str) -> str:
-    """Rewrite Sphinx roles and math directives in one docstring."""
+    """Rewrite Sphinx roles, math directives and bare doctest lines in one docstring."""
     text = _MATH_ROLE.sub(lambda m: f"\\({m.group(1)}\\)", text)
     text = _ROLE.sub(_role, text)
-    return _math_blocks(text)
+    return _doctest_blocks(_math_blocks(text))
 
 
 class RstToMarkdown(griffe.Extension):

@@ -14,6 +14,9 @@ from robustfast.models import PreActResNet, SmallCNN, WideResNet, timm_models
 # the WideResNets of Madry et al./TRADES/RobustBench).
 PARAMS = {
     "preact_resnet18": 11_172_170,
+    "preact_resnet18_wong": 11_172_170,
+    "preact_resnet18_zerograd": 11_172_170,
+    "preact_resnet18_gradalign": 11_172_170 - 2 * 512,  # no final BatchNorm
     "wrn_16_4": 2_748_890,
     "wrn_28_10": 36_479_194,
     "wrn_34_10": 46_160_474,
@@ -83,6 +86,140 @@ def test_preact_resnet18_layout() -> None:
     assert [sc is not None for sc in shortcuts] == [False, False, True, False, True, False, True, False]
     assert all(sc.bias is None for sc in shortcuts if sc is not None)
     assert model.conv1.stride == (1, 1) and model.conv1.kernel_size == (3, 3)
+
+
+PREACT = ["preact_resnet18_zerograd", "preact_resnet18_wong", "preact_resnet18_gradalign"]
+
+
+def _shortcut_inputs(model: PreActResNet, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """For each block with a projection: (block input, relu(bn1(block input)), what the projection received)."""
+    seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    handles = []
+    blocks = [b for s in (model.layer1, model.layer2, model.layer3, model.layer4) for b in s if b.shortcut is not None]
+    for b in blocks:
+        inputs: dict[str, torch.Tensor] = {}
+        handles.append(b.register_forward_pre_hook(lambda m, a, d=inputs: d.__setitem__("x", a[0])))
+        handles.append(b.bn1.register_forward_hook(lambda m, a, out, d=inputs: d.__setitem__("act", out.relu())))
+        handles.append(b.shortcut.register_forward_pre_hook(lambda m, a, d=inputs: d.__setitem__("sc", a[0])))
+        seen.append(inputs)  # type: ignore[arg-type]
+    with torch.no_grad():
+        model.eval()(x)
+    for h in handles:
+        h.remove()
+    return [(d["x"], d["act"], d["sc"]) for d in seen]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("name", "expected"), [(PREACT[0], "activated"), (PREACT[1], "raw"), (PREACT[2], "raw")])
+def test_preact_variants_feed_the_projection_shortcut(name: str, expected: str) -> None:
+    torch.manual_seed(0)
+    model = models.create(name)
+    records = _shortcut_inputs(model, torch.rand(2, 3, 16, 16))
+    assert len(records) == 3  # layer2[0], layer3[0], layer4[0]
+    for x, act, sc in records:
+        assert not torch.equal(x, act)  # the two candidates differ, so the check discriminates
+        assert torch.equal(sc, act if expected == "activated" else x)
+    assert all(b.shortcut_from == expected for s in (model.layer1, model.layer4) for b in s)
+
+
+def test_preact_variants_final_bn_and_features() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 32, 32)
+    for name in PREACT:
+        model = models.create(name).eval()
+        n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        with torch.no_grad():
+            feats = model.forward_features(x)
+        assert feats.shape == (4, 512)
+        if name.endswith("gradalign"):
+            # GradAlign's code pools the last block's residual sum: no BN, no ReLU, negative features occur
+            assert model.bn is None and n_bn == 16 and not model.final_bn
+            assert (feats < 0).any()
+            assert not any(k.startswith("bn.") for k in model.state_dict())
+        else:
+            assert isinstance(model.bn, nn.BatchNorm2d) and n_bn == 17 and (feats >= 0).all()
+
+
+def test_preact_variant_argument_and_aliases() -> None:
+    assert models.list_models("preact*") == ["preact_resnet18", *sorted(PREACT)]
+    assert models.create("preact_resnet18").variant == "zerograd"  # default: unchanged network
+    for variant, expected in [("wong", "wong"), ("GradAlign", "gradalign"), ("seat", "zerograd"), ("n-fgsm", "wong")]:
+        assert models.create("preact_resnet18", variant=variant).variant == expected
+    for alias, expected in [("preact_resnet18_seat", "zerograd"), ("preact_resnet18_multigrad", "zerograd")]:
+        assert models.create(alias).variant == expected
+    for alias in ("preact_resnet18_nfgsm", "preact_resnet18_advlc"):
+        assert models.create(alias).variant == "wong"
+    with pytest.raises(rf.RobustfastError, match=r"PreAct ResNet variant 'gradalgn'\. Did you mean 'gradalign'"):
+        models.create("preact_resnet18", variant="gradalgn")
+    with pytest.raises(rf.RobustfastError, match="unknown option"):  # named variants take no variant=
+        models.create("preact_resnet18_wong", variant="gradalign")
+    text = repr(models.create("prn18", variant="gradalign"))
+    assert "variant='gradalign', shortcut_from='raw', final_bn=False" in text
+
+
+def test_preact_variants_keep_state_dict_keys() -> None:
+    torch.manual_seed(0)
+    zerograd, wong, gradalign = (models.create(n) for n in PREACT)
+    assert list(zerograd.state_dict()) == list(wong.state_dict())
+    assert list(gradalign.state_dict()) == [k for k in zerograd.state_dict() if not k.startswith("bn.")]
+    wong.load_state_dict(zerograd.state_dict())  # same parameters, different function
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(wong.eval()(x), zerograd.eval()(x))
+
+
+def test_preact_gradalign_he_init_statistics() -> None:
+    torch.manual_seed(0)
+    model = models.create("preact_resnet18_gradalign")
+    # GradAlign's utils.initialize_weights: conv N(0, 2 / (k * k * out)), linear N(0, 2 / in), biases 0
+    for conv, fan_out in [(model.conv1, 9 * 64), (model.layer4[1].conv2, 9 * 512), (model.layer4[0].shortcut, 512)]:
+        w = conv.weight
+        assert abs(w.mean().item()) < 0.1 * w.std().item()
+        assert abs(w.std().item() / (2 / fan_out) ** 0.5 - 1) < 0.05
+    assert abs(model.linear.weight.std().item() / (2 / 512) ** 0.5 - 1) < 0.05
+    assert torch.equal(model.linear.bias, torch.zeros(10))
+    # the other variants keep PyTorch's defaults: kaiming_uniform(a=sqrt(5)), std = 1 / sqrt(3 * fan_in)
+    default = models.create("preact_resnet18_wong")
+    w = default.layer4[1].conv2.weight
+    assert abs(w.std().item() / (1 / (3 * 9 * 512)) ** 0.5 - 1) < 0.05
+    assert w.abs().max().item() <= (1 / (9 * 512)) ** 0.5  # uniform: bounded, unlike the normal init
+    assert default.linear.bias.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", PREACT)
+def test_preact_variants_forward_shape_any_size(name: str) -> None:
+    torch.manual_seed(0)
+    model = models.create(name, num_classes=7, in_chans=1)
+    x = torch.rand(2, 1, 16, 16, requires_grad=True)
+    out = model(x)
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+    (g,) = torch.autograd.grad(out.logsumexp(1).sum(), x)
+    assert g.abs().sum() > 0
+
+
+# preset -> the variant of the official code behind its numbers
+PRESET_VARIANTS = {
+    "gradalign-cifar10-eps8": "gradalign",
+    "rs-cifar10-eps8": "gradalign",  # numbers and schedule from GradAlign's re-run (its Table 4)
+    "pgd10-cifar10-eps8": "gradalign",  # likewise
+    "zerograd-cifar10-eps8": "zerograd",
+    "multigrad-cifar10-eps8": "zerograd",
+    "seat-cifar10-eps8": "zerograd",
+    "nfgsm-cifar10-eps8": "wong",
+    "advlc-cifar10": "wong",
+    "advlc-swa-cifar10": "wong",
+}
+
+
+def test_presets_use_their_papers_preact_variant() -> None:
+    from robustfast.config import list_presets, load_preset
+
+    found = {}
+    for name in list_presets():
+        cfg = load_preset(name)
+        if "preact" in str(cfg.get("model", "")):
+            with torch.device("meta"):
+                found[name] = models.create(cfg["model"], **cfg.get("model_kwargs", {})).variant
+    assert found == PRESET_VARIANTS
 
 
 def test_wideresnet_dropout_and_init() -> None:

@@ -1,9 +1,16 @@
 """Models: PreAct ResNet-18, WideResNets, a small CNN and timm models through one factory, plus ``Normalize``.
 
->>> from robustfast import models
->>> net = models.create("preact_resnet18", num_classes=10, normalize="cifar10")
->>> models.list_models("wrn*")
-['wrn_16_4', 'wrn_16_8', 'wrn_28_10', 'wrn_28_4', 'wrn_34_10', 'wrn_34_20', 'wrn_70_16']
+PreAct ResNet-18 comes in the three forms of the papers' official code (``variant="zerograd"``, the default,
+``"wong"`` and ``"gradalign"``; also registered as ``preact_resnet18_<variant>``): see
+:mod:`robustfast.models.preact_resnet`.
+
+Example:
+    >>> from robustfast import models
+    >>> net = models.create("preact_resnet18", num_classes=10, normalize="cifar10")
+    >>> models.create("preact_resnet18_gradalign").variant
+    'gradalign'
+    >>> models.list_models("wrn*")
+    ['wrn_16_4', 'wrn_16_8', 'wrn_28_10', 'wrn_28_4', 'wrn_34_10', 'wrn_34_20', 'wrn_70_16']
 """
 
 from .factory import MODELS, create, list_models, load_checkpoint, register_model
@@ -18,7 +25,17 @@ from .normalize import (
     Normalize,
     resolve_normalize,
 )
-from .preact_resnet import PreActBlock, PreActResNet, preact_resnet18
+from .preact_resnet import (
+    PREACT_ALIASES,
+    PREACT_VARIANTS,
+    PreActBlock,
+    PreActResNet,
+    PreActVariant,
+    preact_resnet18,
+    preact_resnet18_gradalign,
+    preact_resnet18_wong,
+    preact_resnet18_zerograd,
+)
 from .small_cnn import SmallCNN, small_cnn
 from .wide_resnet import (
     WideBasicBlock,
@@ -41,9 +58,12 @@ __all__ = [
     "IMAGENET_STD",
     "MODELS",
     "NORMALIZE_STATS",
+    "PREACT_ALIASES",
+    "PREACT_VARIANTS",
     "Normalize",
     "PreActBlock",
     "PreActResNet",
+    "PreActVariant",
     "SmallCNN",
     "WideBasicBlock",
     "WideResNet",
@@ -51,6 +71,9 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "preact_resnet18",
+    "preact_resnet18_gradalign",
+    "preact_resnet18_wong",
+    "preact_resnet18_zerograd",
     "register_model",
     "resolve_normalize",
     "small_cnn",

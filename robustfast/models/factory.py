@@ -72,8 +72,9 @@ def create(
     """Build a classifier for ``[0, 1]`` images, optionally with its input normalization inside.
 
     Args:
-        name: a name from :func:`list_models` (``"preact_resnet18"``, ``"wrn_28_10"``, ``"wrn_34_10"``,
-            ``"small_cnn"``, ...; case and ``-``/``_`` do not matter) or ``"timm:<timm model name>"``.
+        name: a name from :func:`list_models` (``"preact_resnet18"``, ``"preact_resnet18_gradalign"``,
+            ``"wrn_28_10"``, ``"wrn_34_10"``, ``"small_cnn"``, ...; case and ``-``/``_`` do not matter) or
+            ``"timm:<timm model name>"``.
         num_classes: number of output logits (default 10).
         in_chans: number of input channels (default 3).
         normalize: ``None`` (default: the model sees raw ``[0, 1]`` pixels, as in GradAlign and AdvLC), a
@@ -87,8 +88,8 @@ def create(
         checkpoint: path of a state dict saved with ``torch.save(model.state_dict(), path)``, loaded with
             ``torch.load(weights_only=True)``; it may be that of the bare network or of the normalized wrapper.
             Takes precedence over ``pretrained``.
-        **kwargs: architecture options, e.g. ``dropout=0.3`` for WideResNets, ``img_size=32, patch_size=4``
-            for timm ViTs. Unknown options raise instead of being ignored.
+        **kwargs: architecture options, e.g. ``variant="wong"`` for ``preact_resnet18``, ``dropout=0.3`` for
+            WideResNets, ``img_size=32, patch_size=4`` for timm ViTs. Unknown options raise instead of being ignored.
 
     Returns:
         The model, in train mode, on the CPU.
