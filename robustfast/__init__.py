@@ -2,15 +2,16 @@
 
 >>> from robustfast import ZeroGrad, GradAlign
 
-Every attack, regularizer and training loss registered by a method file is exported here under its class name,
+Every attack, regularizer, training loss and plugin registered by a method file is exported here under its class name,
 so a new method needs no edit of this module; functional kernels live in :mod:`robustfast.functional`.
 """
 
 from . import attacks as _attacks
 from . import data, functional, losses, models
+from . import methods as _methods
 from . import regularizers as _regularizers
 from .attacks import Attack, create_attack, least_likely, list_attacks
-from .component import Component, ExampleMemory
+from .component import Component, ExampleMemory, create_plugin, list_plugins
 from .context import StepContext
 from .errors import GradientMaskingWarning, RobustfastError
 from .evaluation import EvaluationReport, evaluate
@@ -23,13 +24,14 @@ __version__ = "0.1.0"
 
 
 def _method_classes() -> dict[str, type]:
-    """Every registered attack, regularizer and training loss class, by class name."""
+    """Every registered attack, regularizer, training loss and plugin class, by class name."""
     from .attacks.base import ATTACKS
+    from .component import PLUGINS
     from .losses import LOSSES
     from .regularizers.base import REGULARIZERS
 
     out: dict[str, type] = {}
-    for registry in (ATTACKS, REGULARIZERS, LOSSES):
+    for registry in (ATTACKS, REGULARIZERS, LOSSES, PLUGINS):
         for name in registry.list():
             obj = registry.get(name)
             out[obj.__name__] = obj
@@ -61,6 +63,7 @@ __all__ = [
     "adversarial_step",
     "create_attack",
     "create_loss",
+    "create_plugin",
     "create_regularizer",
     "data",
     "evaluate",
@@ -68,10 +71,11 @@ __all__ = [
     "least_likely",
     "list_attacks",
     "list_losses",
+    "list_plugins",
     "list_regularizers",
     "losses",
     "model_mode",
     "models",
 ]
 __all__ += sorted(set(_METHODS) - set(__all__))
-del _attacks, _regularizers
+del _attacks, _methods, _regularizers

@@ -159,6 +159,22 @@ def build_model(cfg: RunConfig, n_classes: int, in_chans: int, checkpoint: str |
                   checkpoint=checkpoint, **cfg.model_kwargs)  # fmt: skip
 
 
+def build_parts(cfg: RunConfig, model: nn.Module) -> tuple[Any, list[Any]]:
+    """The training loss and the trainer plugins of ``cfg`` (``None`` / ``[]`` when not set)."""
+    from .component import create_plugin
+    from .losses import create_loss
+
+    loss = None
+    if cfg.loss is not None:
+        spec = dict(cfg.loss)
+        loss = create_loss(spec.pop("name"), **spec)
+    plugins = []
+    for p in cfg.plugins:
+        spec = dict(p)
+        plugins.append(create_plugin(spec.pop("name"), model, **spec))
+    return loss, plugins
+
+
 def build_method(cfg: RunConfig, model: nn.Module) -> tuple[Any, list[Any]]:
     """The attack and regularizers; regularizers that take ``eps`` get the run's ε unless given."""
     from .attacks import create_attack
@@ -242,6 +258,7 @@ def cmd_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
     if cfg.device:
         model.to(cfg.device)
     attack, regs = build_method(cfg, model)
+    criterion, plugins = build_parts(cfg, model)
     x_val, y_val = _head(test, cfg.val_examples)
     guard = COGuard(x_val, y_val, eps=cfg.eps, on_co=cfg.co_action) if cfg.co_guard and attack is not None else None
     averaging: list[Any] = []
@@ -250,8 +267,10 @@ def cmd_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
     if cfg.swa:
         averaging.append(SWA(**{("every_steps" if k == "every" else k): v for k, v in cfg.swa.items()}))
     trainer = AdversarialTrainer(
-        model, attack, regs, lr_schedule=_schedule(cfg), lr=cfg.lr, momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay, eps_warmup=cfg.eps_warmup, label_smoothing=cfg.label_smoothing,
+        model, attack, regs, criterion=criterion, plugins=plugins, lr_schedule=_schedule(cfg), lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay, eps_warmup=cfg.eps_warmup,
+        label_smoothing=cfg.label_smoothing if criterion is None else 0.0,
         grad_clip=cfg.grad_clip, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile,
         averaging=averaging, co_guard=guard, checkpoint_dir=out / "checkpoints", log_dir=out,
         progress=progress, seed=cfg.seed, device=cfg.device,

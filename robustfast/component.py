@@ -25,9 +25,28 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from ._registry import Registry
 from .errors import RobustfastError
 
-__all__ = ["Component", "ExampleMemory"]
+__all__ = ["PLUGINS", "Component", "ExampleMemory", "create_plugin", "list_plugins", "register_plugin"]
+
+#: Trainer plugins (method parts that change the loop itself, e.g. AWP), by name.
+PLUGINS = Registry("plugin")
+register_plugin = PLUGINS.register
+
+
+def list_plugins(pattern: str = "*") -> list[str]:
+    """Names of the registered trainer plugins matching an fnmatch ``pattern``."""
+    return PLUGINS.list(pattern)
+
+
+def create_plugin(name: str, model: Any, **kwargs: Any) -> Component:
+    """Build a registered trainer plugin by name, e.g. ``create_plugin("awp", model, gamma=0.01)``."""
+    from .attacks.base import _check_kwargs
+
+    cls = PLUGINS.get(name)
+    _check_kwargs(cls, kwargs, f"plugin {name!r}")
+    return cls(model, **kwargs)
 
 
 def _snapshot(value: Any) -> Any:

@@ -70,6 +70,9 @@ class RunConfig:
         schedule: ``cyclic`` (triangular, peak at ``peak``), ``onecycle``, ``piecewise`` (``milestones``), ``constant``.
         attack: ``{"name": ..., **kwargs}`` for :func:`robustfast.create_attack` (``none`` = standard training).
         regularizers: list of ``{"name": ..., **kwargs}`` for :func:`robustfast.create_regularizer`.
+        loss: ``{"name": ..., **kwargs}`` for :func:`robustfast.create_loss` (``None``: cross-entropy at ``x_adv``
+            with ``label_smoothing``), e.g. ``{"name": "trades", "beta": 6}``.
+        plugins: list of ``{"name": ..., **kwargs}`` for :func:`robustfast.create_plugin` (e.g. AWP).
         eps_warmup: epochs of linear ε ramp (GradAlign/N-FGSM on SVHN use 5).
         amp: ``None``, ``"bf16"`` or ``"fp16"``.
         swa, ema: weight averaging settings (``{"start_epoch":…, "every":…}``, ``{"decay":…}``).
@@ -96,6 +99,8 @@ class RunConfig:
     milestones: list[int] = field(default_factory=list)
     attack: dict[str, Any] = field(default_factory=lambda: {"name": "fgsm"})
     regularizers: list[dict[str, Any]] = field(default_factory=list)
+    loss: dict[str, Any] | None = None
+    plugins: list[dict[str, Any]] = field(default_factory=list)
     eps_warmup: int = 0
     label_smoothing: float = 0.0
     grad_clip: float | None = None
@@ -144,6 +149,16 @@ class RunConfig:
             {k: _maybe_fraction(v, k) for k, v in ({"name": r} if isinstance(r, str) else dict(r)).items()}
             for r in self.regularizers
         ]
+        self.plugins = [
+            {k: _maybe_fraction(v, k) for k, v in ({"name": r} if isinstance(r, str) else dict(r)).items()}
+            for r in self.plugins
+        ]
+        if isinstance(self.loss, str):
+            self.loss = {"name": self.loss}
+        if self.loss is not None:
+            if not isinstance(self.loss, dict) or "name" not in self.loss:
+                raise RobustfastError(f"loss={self.loss!r}: expected {{name: ..., **kwargs}}")
+            self.loss = {k: _maybe_fraction(v, k) for k, v in self.loss.items()}
         if not 0 <= self.eps <= 1:
             raise RobustfastError(f"eps={self.eps}: must be in [0, 1] pixel units (did you mean {self.eps:g}/255?)")
         if self.epochs < 1 or self.batch_size < 1:

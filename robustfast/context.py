@@ -89,6 +89,14 @@ class StepContext:
         return net
 
     # ------------------------------------------------------------------ reuse
+    def detach_attack_values(self) -> None:
+        """Keep the attack's clean values only as constants (their graphs are dropped), so consumers that need a
+        graph recompute them through the current network (under DDP: through the wrapper that syncs gradients)."""
+        if self.clean_logits is not None and self.clean_logits.requires_grad:
+            self.clean_logits = self.clean_logits.detach()
+        if self.clean_grad is not None and self.clean_grad.requires_grad:
+            self.clean_grad = None
+
     def forget_stale(self, model: Any) -> None:
         """Drop the attack's clean values once per step when its forward passes ran in another mode than the
         model's current one (e.g. an eval-mode attack during training): they are recomputed where needed."""

@@ -309,6 +309,8 @@ class AdversarialTrainer:
             with self._autocast(), scaled:
                 ctx = craft(model, self.attack, x, y, index=index, requests=self._requests)
             ctx.model = model  # the training passes go through the DDP / compiled wrapper
+            if model is not self.model and is_distributed():
+                ctx.detach_attack_values()  # the attack's passes bypass DDP: their graphs would skip the all-reduce
             self.hooks.call("on_after_attack", trainer=self, ctx=ctx)
             with self.hooks.around_update(trainer=self, ctx=ctx):
                 with self._autocast():
