@@ -83,6 +83,7 @@ class _CheckedNet(nn.Module):
         super().__init__()
         self.inner, self.owner, self.y_bounds = model, owner, y_bounds
         self.checked = False
+        self.training = model.training  # the wrapper reports the model's mode (not its own default)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.inner(x)

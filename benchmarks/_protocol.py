@@ -1,0 +1,94 @@
+"""The benchmark protocol shared by ``quality.py`` and ``co_guard.py`` (public, offline data).
+
+* **Data**: Fashion-MNIST (Debian's ``dataset-fashion-mnist``) or scikit-learn's digits. A fixed random training
+  subset; a held-out batch taken from the *training* split for the CO guard (disjoint from the test points we
+  report); the first test points for evaluation. ``downsample=2`` average-pools Fashion-MNIST to 14×14.
+* **Model**: a 2-conv CNN (16/32 channels, 3×3, each followed by ReLU and 2×2 max-pool) and a 100-unit hidden
+  layer, no BatchNorm.
+* **Optimizer**: Adam with a one-cycle learning rate peaking at 3e-3 at 40% of training (``OneCycle``, torch's
+  ``OneCycleLR``), batch 128, attacks crafted in train mode (the trainer's default).
+* **Evaluation** (fp32, eval mode): clean accuracy; PGD-K-R with step ε/4, uniform random starts, the per-example
+  worst case over restarts; AutoAttack through ``robustfast.evaluate``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import robustfast as rf
+from robustfast.data import load_digits_tensors, load_fashion_mnist_tensors
+from robustfast.training import OneCycle
+
+BATCH = 128
+PEAK_LR = 3e-3
+
+
+def cnn(side: int) -> nn.Module:
+    """The benchmark CNN for ``side × side`` grey images (28, 14 or 8)."""
+    feat = 32 * (side // 4) ** 2
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(feat, 100), nn.ReLU(), nn.Linear(100, 10),
+    )  # fmt: skip
+
+
+@functools.cache
+def load(dataset: str, n_train: int, n_test: int, n_guard: int = 256, downsample: int = 1) -> dict[str, torch.Tensor]:
+    """``{"x", "y"}`` training subset, ``{"xg", "yg"}`` guard batch (held out of the training split) and
+    ``{"xt", "yt"}`` test points, all fixed by seed 0."""
+    if dataset == "digits":
+        xtr, ytr, xte, yte = load_digits_tensors(seed=0)
+    elif dataset == "fashion_mnist":
+        xtr, ytr, xte, yte = load_fashion_mnist_tensors(n_train=n_train + n_guard, n_test=n_test, seed=0)
+        if downsample > 1:
+            xtr, xte = F.avg_pool2d(xtr, downsample), F.avg_pool2d(xte, downsample)
+    else:
+        raise ValueError(dataset)
+    perm = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(0))
+    guard, train = perm[:n_guard], perm[n_guard : n_guard + n_train]
+    return {
+        "x": xtr[train],
+        "y": ytr[train],
+        "xg": xtr[guard],
+        "yg": ytr[guard],
+        "xt": xte[:n_test],
+        "yt": yte[:n_test],
+    }
+
+
+def loader(data: dict[str, torch.Tensor], seed: int) -> DataLoader:
+    """Shuffled training batches with dataset indices (``IndexedDataset``), seeded."""
+    ds = rf.data.IndexedDataset(TensorDataset(data["x"], data["y"]))
+    return DataLoader(ds, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(seed))
+
+
+def optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=PEAK_LR)
+
+
+def schedule() -> OneCycle:
+    return OneCycle(lr_max=PEAK_LR, peak=0.4)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with rf.model_mode(model, "eval"):
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+def pgd_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 20, restarts: int = 1,
+                 seed: int = 0) -> float:  # fmt: skip
+    """PGD-``steps``-``restarts`` accuracy (step ε/4, uniform start, worst restart per example), eval mode."""
+    rep = rf.evaluate(model, (x, y), eps, [f"pgd-{steps}-{restarts}"], seed=seed, progress=False)
+    return rep.worst_case_accuracy
+
+
+MethodParts = Callable[[nn.Module, float, int], dict[str, Any]]

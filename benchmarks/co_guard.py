@@ -1,0 +1,207 @@
+"""Does the catastrophic-overfitting guard rescue runs, without firing on runs that do not collapse?
+
+Protocol (``_protocol.py``): Fashion-MNIST (12,000 training images) or digits, the 2-conv CNN, Adam with a
+one-cycle learning rate (peak 3e-3 at 40%), batch 128, 10 epochs (digits: 30), attacks in train mode. The guard
+uses 256 images held out of the training split. After every epoch the test PGD-20 accuracy (step ε/4) is measured
+on ``--n-epoch-eval`` test points; the final model gets PGD-20 on ``--n-test`` points.
+
+Every (dataset, ε, method, seed) is run with the guard in ``"flag"`` mode (it only records its checks: the run is
+the unguarded run) and, when the guard flagged anything there, again in ``"rollback"`` mode (a run the guard never
+flags is identical in both modes: the guard draws no training randomness). A run *collapsed* when its test PGD-20
+accuracy at some epoch fell below half of its best earlier epoch's.
+
+    python benchmarks/co_guard.py --quick                       # CI: digits, 1 seed, 2 epochs, 2 methods
+    python benchmarks/co_guard.py --out docs/benchmarks/co_guard --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
+import _protocol as P
+from _timing import machine
+
+import robustfast as rf
+from robustfast.training import AdversarialTrainer, COGuard
+
+
+def parts(method: str, model: torch.nn.Module, eps: float, seed: int) -> dict[str, Any]:
+    """Trainer arguments of one method."""
+    if method == "FGSM":
+        return {"attack": rf.FGSM(model, eps)}
+    if method.startswith("FGSM+GradAlign"):
+        lam = float(method.split("λ=")[1].rstrip(")"))
+        return {"attack": rf.FGSM(model, eps), "regularizers": [rf.GradAlign(eps=eps, lam=lam, seed=seed)]}
+    if method == "RS":
+        return {"attack": rf.RS(model, eps, seed=seed)}
+    if method == "N-FGSM":
+        return {"attack": rf.NFGSM(model, eps, seed=seed)}
+    if method == "PGD-10":
+        return {"attack": rf.PGD(model, eps, eps / 4, 10, True, seed=seed)}
+    if method == "FGSM+ELLE-A":
+        return {"attack": rf.FGSM(model, eps), "regularizers": [rf.ELLEA(eps=eps, seed=seed)]}
+    raise ValueError(method)
+
+
+METHODS = ("FGSM", "FGSM+GradAlign(λ=0.5)", "RS", "N-FGSM", "PGD-10", "FGSM+ELLE-A")
+EXTRA = ("FGSM+GradAlign(λ=1.0)", "FGSM+GradAlign(λ=2.0)")  # fixed λ, for the "best fixed λ" comparison
+COST = {"PGD-10": 6, "FGSM+GradAlign": 3, "FGSM+ELLE-A": 2.5}
+
+
+def run(job: dict[str, Any]) -> dict[str, Any]:
+    """Train one run and measure it (executed in a worker process)."""
+    torch.set_num_threads(1)
+    data = P.load(job["dataset"], job["n_train"], job["n_test"], 256, 1)
+    torch.manual_seed(job["seed"])
+    side = data["x"].shape[-1]
+    model = P.cnn(side)
+    eps = job["eps"]
+    n_ev = job["n_epoch_eval"]
+    curve: list[float] = []
+
+    class EpochEval:
+        def on_epoch_end(self, trainer: AdversarialTrainer) -> None:
+            curve.append(P.pgd_accuracy(trainer.model, data["xt"][:n_ev], data["yt"][:n_ev], eps, 20))
+
+    guard = COGuard(data["xg"], data["yg"], on_co=job["mode"])
+    tr = AdversarialTrainer(model, optimizer=P.optimizer(model), lr_schedule=P.schedule(), co_guard=guard,
+                            val_attack=None, callbacks=[EpochEval()], progress=False, verbose=False, seed=job["seed"],
+                            **parts(job["method"], model, eps, job["seed"]))  # fmt: skip
+    t0 = time.perf_counter()
+    tr.fit(P.loader(data, job["seed"]), job["epochs"])
+    seconds = time.perf_counter() - t0
+    final = P.pgd_accuracy(model, data["xt"], data["yt"], eps, 20)
+    hist = list(tr.history)
+    return {**job, "seconds": seconds, "clean": P.accuracy(model, data["xt"], data["yt"]), "pgd20": final,
+            "curve": curve, "flags": sum(bool(h.get("co")) for h in hist),
+            "rollbacks": sum("rolled_back_to" in h for h in hist),
+            "strengthened": [h["strengthened"] for h in hist if "rolled_back_to" in h],
+            "guard": [(h.get("co_fgsm_acc"), h.get("co_pgd_acc"), bool(h.get("co"))) for h in hist]}  # fmt: skip
+
+
+def collapsed(curve: list[float]) -> bool:
+    """Test PGD accuracy fell below half of its best earlier epoch's."""
+    best = 0.0
+    for v in curve:
+        if best > 0.1 and v < 0.5 * best:
+            return True
+        best = max(best, v)
+    return False
+
+
+def summarize(runs: list[dict[str, Any]]) -> str:
+    groups: dict[tuple, dict[str, list[dict]]] = {}
+    for r in runs:
+        groups.setdefault((r["dataset"], r["eps"], r["method"]), {}).setdefault(r["mode"], []).append(r)
+    lines = [
+        "| dataset | ε | method | seeds | collapsed, no guard | guard flagged | collapsed, guard | rollbacks per run "
+        "| final PGD-20, no guard | best epoch, no guard | final PGD-20, guard | final − best epoch (guard), worst |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (ds, eps, method), modes in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+        flag = sorted(modes.get("flag", []), key=lambda r: r["seed"])
+        roll = {r["seed"]: r for r in modes.get("rollback", [])}
+        guarded = [roll.get(r["seed"], r) for r in flag]  # unflagged runs are identical under rollback
+        if not flag:
+            continue
+
+        def ms(v: list[float]) -> str:
+            return f"{100 * statistics.fmean(v):.1f} ± {100 * (statistics.stdev(v) if len(v) > 1 else 0):.1f}"
+
+        gap = min(g["pgd20"] - max(g["curve"] or [g["pgd20"]]) for g in guarded)
+        lines.append(
+            f"| {ds} | {eps:g} | {method} | {len(flag)} | {sum(collapsed(r['curve']) for r in flag)} "
+            f"| {sum(r['flags'] > 0 for r in flag)} | {sum(collapsed(g['curve']) for g in guarded)} "
+            f"| {statistics.fmean(g['rollbacks'] for g in guarded):.1f} | {ms([r['pgd20'] for r in flag])} "
+            f"| {ms([max(r['curve']) for r in flag])} | {ms([g['pgd20'] for g in guarded])} | {100 * gap:+.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="digits, one ε, one seed, 2 epochs, 2 methods (CI)")
+    p.add_argument("--settings", nargs="+", default=["fashion_mnist:0.2", "fashion_mnist:0.3", "digits:0.2",
+                                                      "digits:0.3"])  # fmt: skip
+    p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument("--extra", action="store_true", help="also fixed λ = 1 and 2 for GradAlign at the first setting")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--n-train", type=int, default=12000)
+    p.add_argument("--n-test", type=int, default=1000)
+    p.add_argument("--n-epoch-eval", type=int, default=500)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--digits-epochs", type=int, default=30)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", type=Path, default=None, help="folder of per-run JSON files (reused), plus <out>.md")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.settings, args.methods, args.seeds, args.epochs, args.digits_epochs = (
+            ["digits:0.2"],
+            ["FGSM", "RS"],
+            [0],
+            2,
+            2,
+        )
+        args.n_test = args.n_epoch_eval = 100
+    jobs = []
+    for s in args.settings:
+        ds, eps = s.split(":")
+        methods = list(args.methods) + (list(EXTRA) if args.extra and s == args.settings[0] else [])
+        for m in methods:
+            for seed in args.seeds:
+                jobs.append({"dataset": ds, "eps": float(eps), "method": m, "seed": seed, "mode": "flag",
+                             "epochs": args.digits_epochs if ds == "digits" else args.epochs, "n_train": args.n_train,
+                             "n_test": args.n_test, "n_epoch_eval": args.n_epoch_eval})  # fmt: skip
+    out_dir = args.out
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    def key(job: dict[str, Any]) -> str:
+        return f"{job['dataset']}_{job['eps']:g}_{job['method']}_{job['seed']}_{job['mode']}".replace("/", "-")
+
+    def execute(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        done, todo = [], []
+        for j in batch:
+            f = out_dir / f"{key(j)}.json" if out_dir is not None else None
+            if f is not None and f.is_file():
+                done.append(json.loads(f.read_text()))
+            else:
+                todo.append(j)
+        todo.sort(key=lambda j: -COST.get(j["method"].split("(")[0], 1) * (3 if j["dataset"] != "digits" else 1))
+        with ProcessPoolExecutor(args.workers) as pool:
+            for j, r in zip(todo, pool.map(run, todo)):
+                done.append(r)
+                if out_dir is not None:
+                    (out_dir / f"{key(j)}.json").write_text(json.dumps(r))
+                print(f"# {key(j)}: final {r['pgd20']:.3f}, best {max(r['curve'] or [0]):.3f}, flags {r['flags']}, "
+                      f"rollbacks {r['rollbacks']}, {r['seconds']:.0f}s", flush=True)  # fmt: skip
+        return done
+
+    t0 = time.perf_counter()
+    runs = execute(jobs)
+    again = [{**r, "mode": "rollback"} for r in runs if r["flags"] > 0]
+    again = [{k: v for k, v in j.items() if k in jobs[0]} for j in again]
+    runs += execute(again)
+    table = summarize(runs)
+    when = datetime.date.today().isoformat()
+    meta = (f"Command: `python benchmarks/co_guard.py {' '.join(argv if argv is not None else sys.argv[1:])}`; "
+            f"machine: {machine()} (one thread per worker, {args.workers} workers); date: {when}; "
+            f"{time.perf_counter() - t0:.0f} s.")  # fmt: skip
+    print("\n" + table + "\n\n" + meta)
+    if out_dir is not None:
+        out_dir.with_suffix(".md").write_text(table + "\n\n" + meta + "\n")
+
+
+if __name__ == "__main__":
+    main()
