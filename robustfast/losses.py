@@ -76,6 +76,17 @@ def linearity_error(
     return err.abs() if reduction == "per_sample" else err.mean().abs()
 
 
+def _mean_ce(logits: Tensor, y: Tensor, label_smoothing: float) -> Tensor:
+    """Mean cross-entropy; labels outside the model's outputs get a clear error instead of torch's IndexError."""
+    try:
+        return F.cross_entropy(at_least_fp32(logits), y, label_smoothing=label_smoothing)
+    except IndexError:
+        raise RobustfastError(
+            f"labels must be class indices in [0, {logits.shape[-1]}) for a model with {logits.shape[-1]} outputs, "
+            f"got labels in [{int(y.min())}, {int(y.max())}]"
+        ) from None
+
+
 def list_losses(pattern: str = "*") -> list[str]:
     """Names of the registered training losses matching an fnmatch ``pattern``."""
     return LOSSES.list(pattern)
@@ -146,7 +157,7 @@ class CrossEntropy(TrainingLoss):
 
     def forward(self, ctx: StepContext) -> Tensor:
         """``mean_i CE(f(x_adv_i), y_i)`` with label smoothing."""
-        return F.cross_entropy(at_least_fp32(ctx.adv_logits_graph()), ctx.y, label_smoothing=self.label_smoothing)
+        return _mean_ce(ctx.adv_logits_graph(), ctx.y, self.label_smoothing)
 
 
 @register_loss("clean_ce", "standard")
@@ -168,7 +179,7 @@ class CleanCrossEntropy(TrainingLoss):
 
     def forward(self, ctx: StepContext) -> Tensor:
         """``mean_i CE(f(x_i), y_i)``."""
-        return F.cross_entropy(at_least_fp32(ctx.clean_logits_graph()), ctx.y, label_smoothing=self.label_smoothing)
+        return _mean_ce(ctx.clean_logits_graph(), ctx.y, self.label_smoothing)
 
 
 class FunctionLoss(TrainingLoss):
