@@ -113,6 +113,31 @@ def table(rows: list[dict], cosines: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def step_sweep(args: argparse.Namespace) -> str:
+    """Cosine and norm ratio of the fd parameter gradient to the exact one, for fd steps from ε down to 1e-6·ε,
+    in float32 and float64, on the ReLU and the softplus CNN at initialization (one batch of 128 training images)."""
+    xtr, ytr, _, _ = load_fashion_mnist_tensors(n_train=128, n_test=10, seed=0)
+    lines = ["| network | dtype | " + " | ".join(f"fd_step = {f:g}·ε" for f in STEPS) + " |",
+             "|---|---|" + "---|" * len(STEPS)]  # fmt: skip
+    for act in ("relu", "softplus"):
+        for dtype in (torch.float32, torch.float64):
+            torch.manual_seed(0)
+            model = make_model(act).to(dtype).train()
+            x, y = xtr.to(dtype), ytr
+            exact = rf.GradAlign(eps=args.eps, lam=1.0, seed=0)(model, x, y)
+            ge = torch.cat([g.flatten() for g in torch.autograd.grad(exact, list(model.parameters()))])
+            cells = []
+            for f in STEPS:
+                fd = rf.GradAlignFD(eps=args.eps, lam=1.0, seed=0, fd_step=f * args.eps)(model, x, y)
+                gf = torch.cat([g.flatten() for g in torch.autograd.grad(fd, list(model.parameters()))])
+                cells.append(f"{F.cosine_similarity(ge, gf, dim=0).item():.2f} ({(gf.norm() / ge.norm()).item():.1f}×)")
+            lines.append(f"| {act} | {str(dtype).split('.')[-1]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+STEPS = (1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--eps", type=float, default=0.2)
@@ -126,12 +151,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--activation", choices=("relu", "softplus"), default="relu",
                    help="softplus: a smooth network, where fd converges to double backprop")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="1 seed, 1,000 images, 1 epoch, 1 thread (CI)")
+    sweep_help = "only the cosine/norm of the fd gradient vs the exact one over fd steps and dtypes"
+    p.add_argument("--step-sweep", action="store_true", help=sweep_help)
     p.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md")
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.n_train, args.n_test, args.epochs, args.threads = [0], 1000, 200, 1, 1
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
+    if args.step_sweep:
+        cmd = " ".join(argv if argv is not None else sys.argv[1:])
+        note = (f"\n\nCells: cosine between the parameter gradients of the penalty (fd vs exact), and the fd "
+                f"gradient's norm / the exact one's. Fashion-MNIST, one batch of 128, ε = {args.eps}, fmnist_table's "
+                f"CNN at initialization. Command: `python benchmarks/gradalign_fd.py {cmd}`; machine: {machine()}; "
+                f"date: {datetime.date.today()}.")  # fmt: skip
+        text = step_sweep(args) + note
+        print(text)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.with_suffix(".md").write_text(text + "\n")
+        return
     rows, cosines = run(args)
     cmd = " ".join(argv if argv is not None else sys.argv[1:])
     meta = (f"Command: `python benchmarks/gradalign_fd.py {cmd}`; machine: {machine()}; date: {datetime.date.today()}; "

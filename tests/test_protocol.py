@@ -457,3 +457,19 @@ def test_targeted_keyword_arguments(batch):
     old = rf.PGD(m, 8 / 255)
     old.set_mode_targeted_least_likely(2)  # torchattacks' setter: a thin layer over the keyword
     assert old.targeted and old.target_fn.k == 2
+
+
+def test_warmup_can_scale_the_radius_or_the_step_only():
+    m = TinyCNN()
+    pgd = rf.PGD(m, 0.1)  # alpha follows eps by default (eps / 4)
+    with pgd.scaled(0.5, "eps"):
+        assert pgd.eps == pytest.approx(0.05) and pgd.alpha == pytest.approx(0.025)
+    with pgd.scaled(0.5):
+        assert pgd.eps == pytest.approx(0.05) and pgd.alpha == pytest.approx(0.0125)
+    fgsm = rf.FGSM(m, 0.1, 0.08)
+    with fgsm.scaled(0.5, "step"):
+        assert fgsm.eps == pytest.approx(0.1) and fgsm.alpha == pytest.approx(0.04)
+    assert fgsm.alpha == pytest.approx(0.08) and pgd.alpha == pytest.approx(0.025)
+    with pytest.raises(rf.RobustfastError, match="what"):
+        with pgd.scaled(0.5, "noise"):
+            pass

@@ -294,16 +294,29 @@ class Attack(Component):
         return list(out.values())
 
     @contextmanager
-    def scaled(self, factor: float) -> Iterator[Attack]:
-        """Temporarily multiply ``eps`` and every absolute pixel-unit hyper-parameter by ``factor`` (ε warm-up).
+    def scaled(self, factor: float, what: Literal["all", "eps", "step"] = "all") -> Iterator[Attack]:
+        """Temporarily scale the attack's sizes by ``factor`` (ε warm-up).
 
-        Hyper-parameters left at their default follow ``eps`` by themselves.
+        ``what="all"`` (default) multiplies ``eps`` and every absolute pixel-unit hyper-parameter (those left at
+        their default follow ``eps`` by themselves: N-FGSM's code ramps ε and α together); ``"eps"`` scales only
+        the radius and keeps the step sizes at their full values (GradAlign's SVHN warm-up for PGD); ``"step"``
+        scales only ``alpha`` and keeps the radius (GradAlign's SVHN warm-up for FGSM).
         """
-        saved = {m.attr: m.raw(self) for m in self._magnitudes()}
+        if what not in ("all", "eps", "step"):
+            raise RobustfastError(f"scaled(what={what!r}): choose 'all', 'eps' or 'step'")
+        mags = self._magnitudes()
+        saved = {m.attr: m.raw(self) for m in mags}
+        effective = {m.attr: m.__get__(self) for m in mags}
         try:
-            for attr, v in saved.items():
-                if v is not None:
-                    self.__dict__[attr] = v * factor
+            if what == "all":
+                for attr, v in saved.items():
+                    if v is not None:
+                        self.__dict__[attr] = v * factor
+            elif what == "eps":
+                for m in mags:  # every other size keeps its full value, defaults included
+                    self.__dict__[m.attr] = effective[m.attr] if m.name != "eps" else saved[m.attr] * factor
+            elif effective.get("_alpha") is not None:
+                self.__dict__["_alpha"] = effective["_alpha"] * factor
             yield self
         finally:
             self.__dict__.update(saved)

@@ -75,6 +75,10 @@ def check_trainer_args(a: dict[str, Any]) -> None:
         _number("eps_warmup", warm, 0.0)
     if not isinstance(a["verbose"], bool) or not isinstance(a["progress"], bool):
         raise RobustfastError("AdversarialTrainer(progress=..., verbose=...): True or False")
+    if a["eps_warmup_target"] not in ("all", "eps", "step"):
+        raise RobustfastError(
+            f"AdversarialTrainer(eps_warmup_target={a['eps_warmup_target']!r}): choose 'all', 'eps' or 'step'"
+        )
     if warm and attack is None:
         raise RobustfastError("AdversarialTrainer(eps_warmup=...): there is no attack to warm up (attack=None)")
     if a["attack_bn_mode"] is not None:

@@ -80,6 +80,9 @@ class AdversarialTrainer:
         weight_decay: weight decay of the default optimizer (5e-4; AdvLC uses 1e-4).
         eps_warmup: ε (and step size) warm-up: number of epochs of a linear ramp from 0 (GradAlign's SVHN: 5), or
             a schedule ``f(t, total) -> factor``; 0 (default) disables. Applied through :meth:`Attack.scaled`.
+        eps_warmup_target: what the warm-up scales: ``"all"`` (default: ε and the step sizes, N-FGSM's code),
+            ``"eps"`` (the radius only, GradAlign's code for PGD) or ``"step"`` (the step only, GradAlign's code for
+            FGSM).
         attack_bn_mode: the attack's BatchNorm/dropout policy during training (default ``"train"``); ``None`` keeps
             the attack's own. Restored when ``fit`` returns.
         label_smoothing: label smoothing of the default criterion (0.0).
@@ -117,6 +120,7 @@ class AdversarialTrainer:
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         eps_warmup: float | ScheduleFn = 0,
+        eps_warmup_target: Literal["all", "eps", "step"] = "all",
         attack_bn_mode: str | ModePolicy | None = "train",
         label_smoothing: float = 0.0,
         grad_clip: float | None = None,
@@ -154,6 +158,7 @@ class AdversarialTrainer:
         self.eps_warmup: ScheduleFn | None = (
             eps_warmup if callable(eps_warmup) else (LinearWarmup(eps_warmup) if eps_warmup else None)
         )
+        self.eps_warmup_target = eps_warmup_target
         self.attack_policy = None if attack_bn_mode is None else resolve_policy(attack_bn_mode)
         self._attack_bn_mode = attack_bn_mode
         self.grad_clip, self.amp, self.channels_last, self.compile = grad_clip, amp, channels_last, compile
@@ -304,7 +309,11 @@ class AdversarialTrainer:
         assert model is not None
         self.hooks.call("on_batch_start", trainer=self, epoch=self.epoch, step=self.step, x=x, y=y, index=index)
         factor = self.eps_warmup(t, epochs) if self.eps_warmup is not None else 1.0
-        scaled = self.attack.scaled(factor) if self.attack is not None and factor != 1.0 else nullcontext()
+        scaled = (
+            self.attack.scaled(factor, self.eps_warmup_target)
+            if self.attack is not None and factor != 1.0
+            else nullcontext()
+        )
         with self._compile_config(), math_attention(self.model) if self._double else nullcontext():
             with self._autocast(), scaled:
                 ctx = craft(model, self.attack, x, y, index=index, requests=self._requests)
