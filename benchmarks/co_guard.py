@@ -135,7 +135,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--settings", nargs="+", default=["fashion_mnist:0.2", "fashion_mnist:0.3", "digits:0.2",
                                                       "digits:0.3"])  # fmt: skip
     p.add_argument("--methods", nargs="+", default=list(METHODS))
-    p.add_argument("--extra", action="store_true", help="also fixed λ = 1 and 2 for GradAlign at the first setting")
+    p.add_argument(
+        "--extra",
+        nargs="*",
+        default=[],
+        metavar="SETTING",
+        help="settings that also run GradAlign with fixed λ = 1 and 2 (the 'best fixed λ' comparison)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--n-train", type=int, default=12000)
     p.add_argument("--n-test", type=int, default=1000)
@@ -157,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     jobs = []
     for s in args.settings:
         ds, eps = s.split(":")
-        methods = list(args.methods) + (list(EXTRA) if args.extra and s == args.settings[0] else [])
+        methods = list(args.methods) + (list(EXTRA) if s in args.extra else [])
         for m in methods:
             for seed in args.seeds:
                 jobs.append({"dataset": ds, "eps": float(eps), "method": m, "seed": seed, "mode": "flag",

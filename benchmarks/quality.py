@@ -1,17 +1,21 @@
-"""Quality on real data: clean / PGD accuracy of every fast-AT method, CO incidence across seeds, accuracy per cost.
+"""Quality on public offline data: clean / PGD-50-10 / AutoAttack accuracy, CO incidence and cost of every method.
 
-Datasets: Fashion-MNIST (``robustfast.data``, a random training subset) and scikit-learn's digits (8×8). Model:
-``robustfast.models.create("small_cnn", width=8, hidden=64)`` (BatchNorm), SGD momentum 0.9, weight decay 5e-4,
-batch 128, cyclic learning rate (the trainer's default), every method trained by ``AdversarialTrainer`` from the
-same seed (attacks in ``bn_mode="train"``).
-Evaluation in fp32, eval mode: clean accuracy and PGD-20 (α = ε/4, one random start) on held-out test images.
+Protocol (``_protocol.py``): Fashion-MNIST average-pooled to 14×14 (``--downsample 2``; a fixed random subset of
+``--n-train`` training images) and scikit-learn's digits (8×8, all 1,347 training images); the 2-conv CNN (16/32
+channels, a 100-unit hidden layer); Adam with a one-cycle learning rate peaking at 3e-3 at 40% of training; batch
+128; attacks in train mode; every method trained by ``AdversarialTrainer`` from the same seed. Each method keeps its
+paper's hyper-parameters as multiples of ε (see ``RECIPES``); λ-type weights that the papers tune per dataset are
+given once here for these datasets and ε and stated in the docs.
 
-Catastrophic overfitting (CO) of a run: its final PGD accuracy is below half of the PGD-10-AT reference's at the
-same dataset, ε and seed while its FGSM accuracy stays above its PGD accuracy + 0.2 (the usual CO signature).
-Cost = training wall time / standard training's in the same run.
+Per run: the final model's clean accuracy, PGD-50-10 (step ε/4, uniform starts, the per-example worst case) and
+AutoAttack (``--aa``: ``lite`` = APGD-CE + APGD-T with 3 target classes, 1 restart, 100 iterations each; or the
+``standard`` version) on the first ``--n-eval`` test points; the test PGD-10 accuracy on 200 points after every
+epoch (the curves); the training cost in CPU seconds of the training process (one torch thread), divided by
+standard training's at the same setting and seed. A run *collapsed* (catastrophic overfitting) when its per-epoch
+PGD-10 accuracy fell below half of its best earlier epoch's.
 
-    python benchmarks/quality.py --quick                     # CI: digits, one ε, one seed, 1 epoch, 3 methods
-    python benchmarks/quality.py --out docs/benchmarks/quality   # full: writes .json, .md and .png
+    python benchmarks/quality.py --quick                           # CI: digits, 1 seed, 2 epochs, 3 methods
+    python benchmarks/quality.py --workers 2 --out docs/benchmarks/quality     # the full run
 """
 
 from __future__ import annotations
@@ -22,123 +26,163 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
-from _timing import machine
+import _protocol as P  # noqa: E402
+from _timing import machine  # noqa: E402
 
-import robustfast as rf
-from robustfast.data import load_digits_tensors, load_fashion_mnist_tensors
-from robustfast.models import create
-from robustfast.training import AdversarialTrainer
+import robustfast as rf  # noqa: E402
+from robustfast.training import AdversarialTrainer  # noqa: E402
 
-WIDTH = 8
-
-METHODS = (
-    "Standard", "FGSM", "RS", "N-FGSM", "ZeroGrad", "MultiGrad", "SEAT", "FGSM+GradAlign", "FGSM+GradAlign(fd)",
-    "FGSM+AdvLC", "PGD-10",
-)  # fmt: skip
+Recipe = Callable[[torch.nn.Module, float, int], dict[str, Any]]
 
 
-def build(method: str, model, eps: float, seed: int):
-    """(attack, regularizers) of one method; the attacks run in ``bn_mode="train"`` like the papers' code."""
-    kw = {"bn_mode": "train", "check_range": "off"}
-    if method == "Standard":
-        return None, []
-    if method == "FGSM":
-        return rf.FGSM(model, eps, **kw), []
-    if method == "RS":
-        return rf.RS(model, eps, seed=seed, **kw), []
-    if method == "N-FGSM":
-        return rf.NFGSM(model, eps, seed=seed, **kw), []
-    if method == "ZeroGrad":
-        return rf.ZeroGrad(model, eps, seed=seed, **kw), []
-    if method == "MultiGrad":
-        return rf.MultiGrad(model, eps, seed=seed, **kw), []
-    if method == "SEAT":
-        return rf.SEATAttack(model, eps, seed=seed, **kw), [rf.SEAT()]
-    if method == "FGSM+GradAlign":
-        return rf.FGSM(model, eps, **kw), [rf.GradAlign(eps=eps, lam=1.0, seed=seed)]
-    if method == "FGSM+GradAlign(fd)":
-        return rf.FGSM(model, eps, **kw), [rf.GradAlign(eps=eps, lam=1.0, seed=seed, estimator="fd")]
-    if method == "FGSM+AdvLC":
-        return rf.FGSM(model, eps, **kw), [rf.AdvLC()]
-    if method == "PGD-10":
-        return rf.PGD(model, eps, alpha=eps / 4, steps=10, seed=seed, **kw), []
-    raise ValueError(method)
+def _r(**parts: Any) -> dict[str, Any]:
+    return parts
 
 
-def load(dataset: str, n_train: int, n_test: int, seed: int):
-    if dataset == "digits":
-        return load_digits_tensors(seed=0)
-    return load_fashion_mnist_tensors(n_train=n_train, n_test=n_test, seed=0)
+#: method -> (trainer parts for (model, eps, seed), relative cost used only to schedule the longest runs first)
+RECIPES: dict[str, tuple[Recipe, float]] = {
+    "Standard": (lambda m, e, s: _r(attack=None), 1),
+    "FGSM": (lambda m, e, s: _r(attack=rf.FGSM(m, e)), 2),
+    "RS": (lambda m, e, s: _r(attack=rf.RS(m, e, seed=s)), 2),
+    "N-FGSM": (lambda m, e, s: _r(attack=rf.NFGSM(m, e, seed=s)), 2),
+    "ZeroGrad": (lambda m, e, s: _r(attack=rf.ZeroGrad(m, e, seed=s)), 2),
+    "MultiGrad": (lambda m, e, s: _r(attack=rf.MultiGrad(m, e, seed=s)), 4),
+    "FGSM-CKPT": (lambda m, e, s: _r(attack=rf.FGSMCKPT(m, e, seed=s)), 3),
+    "FGSM-N": (lambda m, e, s: _r(attack=rf.FGSMN(m, e, seed=s)), 2),
+    "Free-AT (m=4)": (lambda m, e, s: _r(attack=rf.FreeAT(m, e, replays=4)), 1),
+    "FGSM-PGI": (lambda m, e, s: _r(attack=rf.FGSMPGI(m, e, seed=s), criterion=rf.PGILoss()), 3),
+    "GAT": (lambda m, e, s: _r(attack=rf.GATAttack(m, e, seed=s), criterion=rf.GATLoss()), 3),
+    "NuAT": (lambda m, e, s: _r(attack=rf.NuATAttack(m, e, seed=s), criterion=rf.NuATLoss()), 3),
+    "SEAT": (lambda m, e, s: _r(attack=rf.SEATAttack(m, e, seed=s), regularizers=[rf.SEAT()]), 3),
+    "FGSM+GradAlign": (
+        lambda m, e, s: _r(attack=rf.FGSM(m, e), regularizers=[rf.GradAlign(eps=e, lam=1.0, seed=s)]), 6),
+    "FGSM+GradAlignFD": (
+        lambda m, e, s: _r(attack=rf.FGSM(m, e), regularizers=[rf.GradAlignFD(eps=e, lam=1.0, seed=s)]), 5),
+    "FGSM+ELLE-A": (lambda m, e, s: _r(attack=rf.FGSM(m, e), regularizers=[rf.ELLEA(eps=e, seed=s)]), 4),
+    "FGSM-N+AdvLC": (lambda m, e, s: _r(attack=rf.FGSMN(m, e, seed=s), regularizers=[rf.AdvLC(lam=0.55)]), 3),
+    "PGD-10": (lambda m, e, s: _r(attack=rf.PGD(m, e, e / 4, 10, True, seed=s)), 11),
+    "TRADES": (lambda m, e, s: _r(attack=rf.TRADESAttack(m, e, seed=s), criterion=rf.TRADESLoss()), 12),
+    "MART": (lambda m, e, s: _r(attack=rf.MARTAttack(m, e, seed=s), criterion=rf.MARTLoss()), 12),
+    "PGD-10+AWP": (lambda m, e, s: _r(attack=rf.PGD(m, e, e / 4, 10, True, seed=s), plugins=[rf.AWP(m)]), 13),
+}  # fmt: skip
+QUICK_METHODS = ("Standard", "FGSM", "PGD-10")
+PGD_REF = "PGD-10"
 
 
-def run_one(dataset, data, method, eps, seed, epochs, lr) -> dict:
-    xtr, ytr, xte, yte = data
-    torch.manual_seed(seed)
-    model = create("small_cnn", num_classes=10, in_chans=1, width=WIDTH, hidden=64)
-    attack, regs = build(method, model, eps, seed)
-    loader = DataLoader(TensorDataset(xtr, ytr), batch_size=128, shuffle=True,
-                        generator=torch.Generator().manual_seed(seed))  # fmt: skip
-    tr = AdversarialTrainer(model, attack, regs, lr=lr, val_attack=None, progress=False)
-    t0 = time.perf_counter()
-    tr.fit(loader, epochs)
-    seconds = time.perf_counter() - t0
-    model.eval()
-    pgd = rf.PGD(model, eps, alpha=eps / 4, steps=20, seed=0)
-    fgsm = rf.FGSM(model, eps)
-    with torch.no_grad():
-        clean = (model(xte).argmax(1) == yte).float().mean().item()
-        robust = (model(pgd(xte, yte)).argmax(1) == yte).float().mean().item()
-        fg = (model(fgsm(xte, yte)).argmax(1) == yte).float().mean().item()
-    return {"dataset": dataset, "method": method, "eps": eps, "seed": seed, "clean": clean, "pgd": robust,
-            "fgsm": fg, "seconds": seconds}  # fmt: skip
+def available(method: str) -> bool:
+    """Whether the method's classes exist in this robustfast."""
+    try:
+        RECIPES[method][0](P.cnn(8), 0.1, 0)
+    except AttributeError:
+        return False
+    return True
 
 
-def summarize(runs: list[dict]) -> tuple[list[dict], dict]:
-    """Per (dataset, ε, method): mean ± std over seeds, CO count, cost ratio, PGD accuracy per unit cost."""
-    ref = {(r["dataset"], r["eps"], r["seed"]): r["pgd"] for r in runs if r["method"] == "PGD-10"}
-    std_t = {(r["dataset"], r["eps"], r["seed"]): r["seconds"] for r in runs if r["method"] == "Standard"}
-    for r in runs:
-        k = (r["dataset"], r["eps"], r["seed"])
-        r["co"] = bool(k in ref and r["method"] not in ("Standard", "PGD-10")
-                       and r["pgd"] < 0.5 * ref[k] and r["fgsm"] > r["pgd"] + 0.2)  # fmt: skip
-        r["cost"] = r["seconds"] / std_t[k] if k in std_t else float("nan")
+def run(job: dict[str, Any]) -> dict[str, Any]:
+    """Train and evaluate one (dataset, ε, method, seed) in a worker process (one torch thread)."""
+    torch.set_num_threads(1)
+    data = P.load(job["dataset"], job["n_train"], job["n_eval"], 256, job["downsample"])
+    torch.manual_seed(job["seed"])
+    model = P.cnn(data["x"].shape[-1])
+    eps, seed = job["eps"], job["seed"]
+    parts = RECIPES[job["method"]][0](model, eps, seed)
+    curve: list[float] = []
+    xc, yc = data["xt"][:200], data["yt"][:200]
+
+    class Curve:
+        def on_epoch_end(self, trainer: AdversarialTrainer) -> None:
+            curve.append(P.pgd_accuracy(trainer.model, xc, yc, eps, 10))
+
+    epochs = job["epochs"]
+    replays = getattr(parts.get("attack"), "replays", 1) or 1
+    if replays > 1:  # Free-AT: each minibatch serves `replays` steps, so the passes over the data are divided
+        epochs = max(1, round(epochs / replays))
+    tr = AdversarialTrainer(model, optimizer=P.optimizer(model), lr_schedule=P.schedule(), val_attack=None,
+                            callbacks=[Curve()], progress=False, verbose=False, seed=seed, **parts)  # fmt: skip
+    t0 = time.process_time()
+    tr.fit(P.loader(data, seed), epochs)
+    cpu = time.process_time() - t0
+    attacks: list[Any] = ["clean", "pgd-50-10"]
+    if job["aa"] == "standard":
+        attacks.append("autoattack")
+    elif job["aa"] == "lite":
+        attacks.append(rf.evaluation.AutoAttackAdapter(model, eps, version="custom", attacks=["apgd-ce", "apgd-t"],
+                                                       n_restarts=1, n_target_classes=3, seed=0))  # fmt: skip
+    rep = rf.evaluate(model, (data["xt"], data["yt"]), eps, attacks, seed=0, progress=False)
+    acc = dict(rep.accuracy)
+    return {**job, "epochs_run": epochs, "cpu_seconds": cpu, "clean": acc["clean"], "pgd50": acc["pgd-50-10"],
+            "aa": next((v for k, v in acc.items() if k.startswith("autoattack") or k.startswith("apgd")), None),
+            "worst": rep.worst_case_accuracy, "curve": curve,
+            "lam": [h.get(k) for h in tr.history for k in h if k.startswith("lam_")]}  # fmt: skip
+
+
+def collapsed(curve: list[float]) -> bool:
+    """PGD accuracy fell below half of its best earlier epoch's (a collapse from at least 10%)."""
+    best = 0.0
+    for v in curve:
+        if best > 0.1 and v < 0.5 * best:
+            return True
+        best = max(best, v)
+    return False
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (dataset, ε, method): mean ± std over seeds, collapses, cost relative to standard training."""
+    std_cpu = {(r["dataset"], r["eps"], r["seed"]): r["cpu_seconds"] for r in runs if r["method"] == "Standard"}
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault((r["dataset"], r["eps"], r["method"]), []).append(r)
     rows = []
     for (ds, eps, method), rs in groups.items():
 
-        def ms(key: str, rs=rs) -> tuple[float, float]:
-            v = [r[key] for r in rs]
+        def ms(key: str, rs: list[dict] = rs) -> tuple[float, float] | None:
+            v = [r[key] for r in rs if r.get(key) is not None]
+            if not v:
+                return None
             return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
 
-        cost = statistics.fmean(r["cost"] for r in rs)
-        pgd = ms("pgd")
-        rows.append({"dataset": ds, "eps": eps, "method": method, "clean": ms("clean"), "pgd": pgd,
-                     "co": sum(r["co"] for r in rs), "seeds": len(rs), "cost": cost,
-                     "pgd_per_cost": pgd[0] / cost if cost == cost and cost > 0 else float("nan")})  # fmt: skip
-    return rows, groups
+        costs = [r["cpu_seconds"] / std_cpu[(ds, eps, r["seed"])] for r in rs if (ds, eps, r["seed"]) in std_cpu]
+        rows.append({"dataset": ds, "eps": eps, "method": method, "seeds": len(rs), "clean": ms("clean"),
+                     "pgd50": ms("pgd50"), "aa": ms("aa"), "aa_seeds": sum(r.get("aa") is not None for r in rs),
+                     "collapsed": sum(collapsed(r["curve"]) for r in rs),
+                     "cost": ms_list(costs)})  # fmt: skip
+    order = {m: i for i, m in enumerate(RECIPES)}
+    rows.sort(key=lambda r: (r["dataset"], r["eps"], order.get(r["method"], 99)))
+    return rows
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| dataset | ε | method | clean % | PGD-20 % | CO runs | cost (× standard) | PGD % per cost unit |",
+def ms_list(v: list[float]) -> tuple[float, float] | None:
+    if not v:
+        return None
+    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
+
+
+def fmt(v: tuple[float, float] | None, scale: float = 100.0, digits: int = 1) -> str:
+    if v is None:
+        return "—"
+    return f"{scale * v[0]:.{digits}f} ± {scale * v[1]:.{digits}f}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| dataset | ε | method | clean % | PGD-50-10 % | AutoAttack % | collapsed runs | cost (× standard) |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
-        lines.append(
-            f"| {r['dataset']} | {r['eps']:.3g} | {r['method']} | {100 * r['clean'][0]:.1f} ± {100 * r['clean'][1]:.1f}"
-            f" | {100 * r['pgd'][0]:.1f} ± {100 * r['pgd'][1]:.1f} | {r['co']}/{r['seeds']} | {r['cost']:.2f} |"
-            f" {100 * r['pgd_per_cost']:.1f} |"
-        )
+        aa = fmt(r["aa"]) + (f" ({r['aa_seeds']} seeds)" if r["aa"] and r["aa_seeds"] != r["seeds"] else "")
+        lines.append(f"| {r['dataset']} | {r['eps']:g} | {r['method']} | {fmt(r['clean'])} | {fmt(r['pgd50'])} | {aa} "
+                     f"| {r['collapsed']}/{r['seeds']} | {fmt(r['cost'], 1.0, 2)} |")  # fmt: skip
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], out: Path, meta: str) -> list[Path]:
+def plots(rows: list[dict[str, Any]], runs: list[dict[str, Any]], out: Path) -> list[Path]:
+    """A Pareto plot (PGD-50-10 vs cost, error bars) per dataset, and the per-epoch curves of the largest ε."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,22 +190,47 @@ def plot(rows: list[dict], out: Path, meta: str) -> list[Path]:
 
     paths = []
     for ds in sorted({r["dataset"] for r in rows}):
-        sub = [r for r in rows if r["dataset"] == ds]
+        sub = [r for r in rows if r["dataset"] == ds and r["cost"] and r["pgd50"]]
         epss = sorted({r["eps"] for r in sub})
-        fig, axes = plt.subplots(1, len(epss), figsize=(5 * len(epss), 4.2), squeeze=False)
+        fig, axes = plt.subplots(1, len(epss), figsize=(5.2 * len(epss), 4.4), squeeze=False)
         for ax, eps in zip(axes[0], epss, strict=True):
             for r in (r for r in sub if r["eps"] == eps):
-                ax.errorbar(r["cost"], 100 * r["pgd"][0], yerr=100 * r["pgd"][1], fmt="o", capsize=3)
-                ax.annotate(r["method"], (r["cost"], 100 * r["pgd"][0]), fontsize=7, xytext=(3, 3),
+                ax.errorbar(r["cost"][0], 100 * r["pgd50"][0], xerr=r["cost"][1], yerr=100 * r["pgd50"][1], fmt="o",
+                            capsize=3, ms=4)  # fmt: skip
+                ax.annotate(r["method"], (r["cost"][0], 100 * r["pgd50"][0]), fontsize=7, xytext=(3, 3),
                             textcoords="offset points")  # fmt: skip
             ax.set_xscale("log")
-            ax.set_xlabel("training cost (× standard training, wall time)")
-            ax.set_ylabel("PGD-20 accuracy (%)")
-            ax.set_title(f"{ds}, ε = {eps:.3g}")
+            ax.set_xlabel("training cost (× standard training, CPU seconds)")
+            ax.set_ylabel("PGD-50-10 accuracy (%)")
+            ax.set_title(f"{ds}, ε = {eps:g}")
             ax.grid(alpha=0.3)
-        fig.text(0.01, 0.005, meta, fontsize=6, wrap=True)
-        fig.tight_layout(rect=(0, 0.16 if len(epss) == 1 else 0.09, 1, 1))  # room for the wrapped meta line
-        p = out.parent / f"{out.name}_{ds}.png"
+        fig.tight_layout()
+        p = out.parent / f"{out.name}_pareto_{ds}.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+        eps = max(epss) if epss else None
+        if eps is None:
+            continue
+        sel = [r for r in runs if r["dataset"] == ds and r["eps"] == eps and r["curve"]]
+        methods = [m for m in RECIPES if any(r["method"] == m for r in sel)]
+        cols = 4
+        nrow = (len(methods) + cols - 1) // cols
+        fig, axes = plt.subplots(nrow, cols, figsize=(3.6 * cols, 2.6 * nrow), squeeze=False, sharey=True)
+        for ax, m in zip(axes.flat, methods, strict=False):
+            for r in sorted((r for r in sel if r["method"] == m), key=lambda r: r["seed"]):
+                ax.plot(range(1, len(r["curve"]) + 1), [100 * v for v in r["curve"]], marker=".",
+                        color="tab:red" if collapsed(r["curve"]) else "tab:blue", alpha=0.8)  # fmt: skip
+            ax.set_title(m, fontsize=9)
+            ax.grid(alpha=0.3)
+        for ax in axes.flat[len(methods) :]:
+            ax.axis("off")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("test PGD-10 %")
+        for ax in axes[-1]:
+            ax.set_xlabel("epoch")
+        fig.tight_layout()
+        p = out.parent / f"{out.name}_curves_{ds}.png"
         fig.savefig(p, dpi=110)
         plt.close(fig)
         paths.append(p)
@@ -170,52 +239,70 @@ def plot(rows: list[dict], out: Path, meta: str) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="digits (256 images), 1 ε, 1 seed, 1 epoch, 3 methods (CI)")
-    p.add_argument("--datasets", nargs="+", default=["fashion_mnist", "digits"])
-    p.add_argument("--fmnist-eps", type=float, nargs="+", default=[0.1, 0.3])
-    p.add_argument("--digits-eps", type=float, nargs="+", default=[0.1, 0.3])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--n-train", type=int, default=3000)
-    p.add_argument("--n-test", type=int, default=500)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--digits-epochs", type=int, default=10)
-    p.add_argument("--digits-n-train", type=int, default=None, help="digits training subset (default: all 1347)")
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1: stable on shared, loaded cores)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS))
-    p.add_argument("--out", type=Path, default=None, help="write <out>.json, <out>.md and <out>_<dataset>.png")
+    p.add_argument("--quick", action="store_true", help="digits, one ε, one seed, 2 epochs, 3 methods (CI)")
+    p.add_argument("--settings", nargs="+", default=["fashion_mnist:0.1", "fashion_mnist:0.2", "fashion_mnist:0.3",
+                                                      "digits:0.2", "digits:0.3"])  # fmt: skip
+    p.add_argument("--methods", nargs="+", default=None, help="default: every method available")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--n-train", type=int, default=4000, help="Fashion-MNIST training images")
+    p.add_argument("--downsample", type=int, default=2, help="Fashion-MNIST average-pooling factor (2: 14x14)")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--digits-epochs", type=int, default=15)
+    p.add_argument("--n-eval", type=int, default=1000, help="test points of the final evaluation")
+    p.add_argument("--aa", choices=["lite", "standard", "none"], default="lite")
+    p.add_argument("--aa-seeds", type=int, nargs="*", default=None, help="seeds evaluated with AutoAttack (all)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", type=Path, default=None, help="write <out>.json/.md/_*.png; per-run cache <out>_runs/")
     args = p.parse_args(argv)
     if args.quick:
-        args.datasets, args.digits_eps, args.seeds, args.digits_epochs = ["digits"], [0.2], [0], 1
-        args.methods, args.digits_n_train = ["Standard", "FGSM", "PGD-10"], 256
-    torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
-    runs = []
-    for ds in args.datasets:
-        data = load(ds, args.n_train, args.n_test, 0)
-        if ds == "digits" and args.digits_n_train:
-            data = (data[0][: args.digits_n_train], data[1][: args.digits_n_train], *data[2:])
-        epss, epochs = (args.digits_eps, args.digits_epochs) if ds == "digits" else (args.fmnist_eps, args.epochs)
-        for eps in epss:
+        args.settings, args.seeds, args.digits_epochs, args.methods = ["digits:0.2"], [0], 2, list(QUICK_METHODS)
+        args.n_eval, args.aa = 100, "none"
+    methods = args.methods or [m for m in RECIPES if available(m)]
+    jobs = []
+    for s in args.settings:
+        ds, eps = s.split(":")
+        for m in methods:
             for seed in args.seeds:
-                for method in args.methods:
-                    r = run_one(ds, data, method, eps, seed, epochs, args.lr)
-                    runs.append(r)
-                    print(f"# {ds} eps={eps:.3g} seed={seed} {method}: clean {r['clean']:.3f} PGD {r['pgd']:.3f} "
-                          f"FGSM {r['fgsm']:.3f} ({r['seconds']:.1f}s)", flush=True)  # fmt: skip
-    rows, _ = summarize(runs)
-    meta = (f"Command: `python benchmarks/quality.py {' '.join(argv if argv is not None else sys.argv[1:])}`; "
-            f"machine: {machine()}; date: {datetime.date.today()}; total {time.perf_counter() - t_start:.0f}s. "
-            f"small_cnn(width=8, hidden=64), SGD cyclic lr_max {args.lr}, batch 128; Fashion-MNIST {args.n_train} "
-            f"train / {args.n_test} test images, {args.epochs} epochs; digits 1347/450, {args.digits_epochs} epochs; "
-            f"seeds {args.seeds}; PGD-20 (α=ε/4, random start) in eval mode.")  # fmt: skip
+                aa = args.aa if args.aa_seeds is None or seed in args.aa_seeds else "none"
+                jobs.append({"dataset": ds, "eps": float(eps), "method": m, "seed": seed, "aa": aa,
+                             "epochs": args.digits_epochs if ds == "digits" else args.epochs, "n_train": args.n_train,
+                             "downsample": args.downsample if ds != "digits" else 1, "n_eval": args.n_eval})  # fmt: skip
+    cache = args.out.parent / f"{args.out.name}_runs" if args.out else None
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+
+    def key(j: dict[str, Any]) -> str:
+        return f"{j['dataset']}_{j['eps']:g}_{j['method']}_{j['seed']}".replace("/", "-").replace(" ", "")
+
+    runs, todo = [], []
+    for j in jobs:
+        f = cache / f"{key(j)}.json" if cache is not None else None
+        if f is not None and f.is_file():
+            runs.append(json.loads(f.read_text()))
+        else:
+            todo.append(j)
+    todo.sort(key=lambda j: -RECIPES[j["method"]][1] * (4 if j["dataset"] != "digits" else 1))
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(args.workers) as pool:
+        for j, r in zip(todo, pool.map(run, todo)):
+            runs.append(r)
+            if cache is not None:
+                (cache / f"{key(j)}.json").write_text(json.dumps(r))
+            print(f"# {key(j)}: clean {r['clean']:.3f} PGD-50-10 {r['pgd50']:.3f} AA {r['aa']} "
+                  f"collapsed {collapsed(r['curve'])} {r['cpu_seconds']:.0f} cpu-s", flush=True)  # fmt: skip
+    rows = summarize(runs)
     text = table(rows)
+    cmd = " ".join(argv if argv is not None else sys.argv[1:])
+    meta = (f"Command: `python benchmarks/quality.py {cmd}`; machine: {machine()} (one torch thread per worker, "
+            f"{args.workers} workers); date: {datetime.date.today()}; {time.perf_counter() - t0:.0f} s for the runs not "
+            f"cached. Fashion-MNIST {28 // args.downsample}×{28 // args.downsample}, {args.n_train} training images, "
+            f"{args.epochs} epochs; digits 8×8, 1,347 training images, {args.digits_epochs} epochs; final evaluation on "
+            f"the first {args.n_eval} test points (digits: all 450); AutoAttack: {args.aa}.")  # fmt: skip
     print("\n" + text + "\n\n" + meta)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": runs, "rows": rows}, indent=1))
+    if args.out is not None:
+        args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         args.out.with_suffix(".md").write_text(text + "\n\n" + meta + "\n")
-        for path in plot(rows, args.out, meta):
+        for path in plots(rows, runs, args.out):
             print(f"wrote {path}")
 
 
