@@ -92,6 +92,10 @@ class AWP(Component):
     by its gradient, which the layer-wise rescaling makes equivalent (and free of the float32 round-off of
     ``(w + lr·g) − w``). The model is in the mode the trainer left it (``train()``, as the official proxy).
 
+    Values the attack kept with their graph (e.g. the clean logits that TRADES's loss would reuse) are of the
+    unperturbed weights: they are dropped, and the training loss recomputes them at ``w + v``, as the official
+    loops do.
+
     **Proxy loss** (``loss``): ``"training"`` (default) evaluates the trainer's own training loss on a fresh step
     record (same ``x``, ``x_adv``, ``y``) through the proxy: cross-entropy at ``x_adv`` for AT-AWP,
     :class:`~robustfast.TRADESLoss` for TRADES-AWP, as each official script does (``−CE`` and ``−(CE + β·KL)``).
@@ -234,6 +238,7 @@ class AWP(Component):
         ```
         """
         self.perturb(self.perturbation(ctx, criterion))
+        ctx.detach_attack_values()
         try:
             yield
         finally:
@@ -250,6 +255,7 @@ class AWP(Component):
             return
         criterion = getattr(trainer, "criterion", None)
         self.perturb(self.perturbation(ctx, criterion, amp=getattr(trainer, "amp", None)))
+        ctx.detach_attack_values()  # graphs the attack kept (e.g. TRADES's clean logits) are of the unperturbed w
         try:
             yield
         finally:
