@@ -130,8 +130,9 @@ def test_at_awp_training_steps_match_the_official_loop_in_float64() -> None:
         add_into(ref_model, diff, -0.01)
 
     model = _smooth()
-    tr = AdversarialTrainer(model, rf.PGD(model, EPS, alpha=2 / 255, steps=2, random_start=False), optimizer=_sgd(model),
-                            plugins=[rf.AWP(model, gamma=0.01)], val_attack=None, progress=False, verbose=False)  # fmt: skip
+    atk = rf.PGD(model, EPS, alpha=2 / 255, steps=2, random_start=False)
+    tr = AdversarialTrainer(model, atk, optimizer=_sgd(model), plugins=[rf.AWP(model, gamma=0.01)], val_attack=None,
+                            progress=False, verbose=False)  # fmt: skip
     tr.fit(_loader(x, y), 1)
     for a, b in zip(model.parameters(), ref_model.parameters()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
@@ -161,7 +162,8 @@ def test_trades_awp_training_steps_match_the_official_loop_in_float64() -> None:
     model = _smooth()
     atk = rf.TRADESAttack(model, EPS, alpha=2 / 255, steps=2, seed=0)
     tr = AdversarialTrainer(model, atk, criterion=rf.TRADESLoss(6.0), optimizer=_sgd(model), attack_bn_mode=None,
-                            plugins=[rf.AWP(model, gamma=0.005)], val_attack=None, progress=False, verbose=False)  # fmt: skip
+                            plugins=[rf.AWP(model, gamma=0.005)], val_attack=None, progress=False,
+                            verbose=False)  # fmt: skip
     tr.fit(_loader(x, y), 1)
     for a, b in zip(model.parameters(), ref_model.parameters()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
@@ -330,7 +332,7 @@ def test_bad_arguments(kwargs, match) -> None:
 
 
 def test_bad_models() -> None:
-    with pytest.raises(rf.RobustfastError, match="nn.Module"):
+    with pytest.raises(rf.RobustfastError, match=r"nn\.Module"):
         rf.AWP(lambda x: x)
     with pytest.raises(rf.RobustfastError, match="no trainable weight"):
         rf.AWP(nn.Sequential(nn.Flatten()))
