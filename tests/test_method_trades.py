@@ -138,7 +138,7 @@ def test_pass_counts(steps: int) -> None:
     assert _count({"bn_mode": "train"}, rf.TRADESLoss(), steps) == (steps + 2, steps + 2, 0)
     # the official eval-mode attack: its clean logits are from another mode, so the loss forwards x again
     assert _count({"bn_mode": "eval"}, rf.TRADESLoss(), steps) == (steps + 3, steps + 2, 0)
-    # the official code: K × (2F + B) + 3F (it recomputes f(x) at every step and forwards x twice in the loss)
+    # the official code: (2K + 3, K + 3): it recomputes f(x) at every step and forwards x twice in the loss
 
 
 def test_loss_works_after_any_attack() -> None:
