@@ -8,7 +8,8 @@ in their method's file, so a new method's kernel appears here without editing th
 
 from __future__ import annotations
 
-from .. import attacks as _attacks  # noqa: F401  (imports every method file, which registers its kernel)
+from .. import attacks as _attacks  # noqa: F401  (imports every attack file, which registers its kernel)
+from .. import methods as _methods  # noqa: F401  (and every multi-part method file)
 from ..attacks.base import KERNELS
 
 __all__ = sorted(KERNELS)

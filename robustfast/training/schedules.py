@@ -159,7 +159,7 @@ class Piecewise(Schedule):
     """Piecewise-constant: ``lr`` multiplied by ``gamma`` at each epoch in ``milestones`` (``MultiStepLR``).
 
     AdvLC: ``Piecewise(0.1, (100, 150))`` over 200 epochs; ZeroGrad's long runs: ``Piecewise(0.1, (50,))``;
-    TRADES: ``Piecewise(0.1, (75, 90, 100))``.
+    TRADES: ``Piecewise(0.1, (74,))`` over 76 epochs (its code counts epochs from 1 and drops at epoch 75).
     """
 
     lr: float = 0.1
