@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .errors import RobustfastError
 
-__all__ = ["as_magnitude", "check_batch", "check_logits", "check_model_dtype", "input_bounds"]
+__all__ = ["as_magnitude", "check_batch", "check_kwargs", "check_logits", "check_model_dtype", "input_bounds"]
 
 # Inputs may leave [0, 1] by this much (float round-off, e.g. after a normalize/inverse round trip).
 RANGE_TOL = 1e-4
@@ -132,3 +132,27 @@ def check_logits(owner: str, out: Any, n: int) -> Tensor:
         )
     shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
     raise RobustfastError(f"{owner}: the model must return logits of shape (N, C) = ({n}, C), got {shape}")
+
+
+def check_kwargs(cls: type, kwargs: dict[str, Any], what: str) -> None:
+    """Keyword arguments for building ``cls`` by name must be accepted by it; unknown ones raise a
+    :class:`RobustfastError` that suggests close matches and lists the accepted ones."""
+    import difflib
+    import inspect
+
+    accepted: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters
+        accepted += [p for p in params if p not in ("self", "model") and params[p].kind is not params[p].VAR_KEYWORD]
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            break
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, accepted, n=1)
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise RobustfastError(f"{what} got unknown argument(s) {', '.join(hints)}; it accepts {sorted(set(accepted))}")

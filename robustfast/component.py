@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from ._checks import check_kwargs
 from ._registry import Registry
 from .errors import RobustfastError
 
@@ -42,10 +43,8 @@ def list_plugins(pattern: str = "*") -> list[str]:
 
 def create_plugin(name: str, model: Any, **kwargs: Any) -> Component:
     """Build a registered trainer plugin by name, e.g. ``create_plugin("awp", model, gamma=0.01)``."""
-    from .attacks.base import _check_kwargs
-
     cls = PLUGINS.get(name)
-    _check_kwargs(cls, kwargs, f"plugin {name!r}")
+    check_kwargs(cls, kwargs, f"plugin {name!r}")
     return cls(model, **kwargs)
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._checks import check_kwargs
 from ._registry import Registry
 from .component import Component
 from .errors import RobustfastError
@@ -94,10 +95,8 @@ def list_losses(pattern: str = "*") -> list[str]:
 
 def create_loss(name: str, **kwargs: Any) -> TrainingLoss:
     """Build a registered training loss by name, e.g. ``create_loss("trades", beta=6)``."""
-    from .attacks.base import _check_kwargs
-
     cls = LOSSES.get(name)
-    _check_kwargs(cls, kwargs, f"loss {name!r}")
+    check_kwargs(cls, kwargs, f"loss {name!r}")
     return cls(**kwargs)
 
 

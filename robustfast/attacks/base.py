@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from .._checks import (
     as_magnitude,
     check_batch,
+    check_kwargs,
     check_labels_in_range,
     check_logits,
     check_model_dtype,
@@ -86,30 +87,8 @@ def create_attack(name: str, model: nn.Module, *args: Any, **kwargs: Any) -> Att
     Unknown keyword arguments raise a :class:`RobustfastError` that lists the accepted ones.
     """
     cls = ATTACKS.get(name)
-    _check_kwargs(cls, kwargs, f"attack {name!r}")
+    check_kwargs(cls, kwargs, f"attack {name!r}")
     return cls(model, *args, **kwargs)
-
-
-def _check_kwargs(cls: type, kwargs: dict[str, Any], what: str) -> None:
-    import difflib
-    import inspect
-
-    accepted: list[str] = []
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        params = inspect.signature(init).parameters
-        accepted += [p for p in params if p not in ("self", "model") and params[p].kind is not params[p].VAR_KEYWORD]
-        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            break
-    unknown = [k for k in kwargs if k not in accepted]
-    if unknown:
-        hints = []
-        for k in unknown:
-            close = difflib.get_close_matches(k, accepted, n=1)
-            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise RobustfastError(f"{what} got unknown argument(s) {', '.join(hints)}; it accepts {sorted(set(accepted))}")
 
 
 def loss_grad_fn(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, loss_fn: LossFn | None = None) -> GradFn:

@@ -13,7 +13,7 @@ Example:
     ['wrn_16_4', 'wrn_16_8', 'wrn_28_10', 'wrn_28_4', 'wrn_34_10', 'wrn_34_20', 'wrn_70_16']
 """
 
-from .factory import MODELS, create, list_models, load_checkpoint, register_model
+from .factory import MODELS, create, list_models, load_weights, register_model
 from .normalize import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -69,7 +69,7 @@ __all__ = [
     "WideResNet",
     "create",
     "list_models",
-    "load_checkpoint",
+    "load_weights",
     "preact_resnet18",
     "preact_resnet18_gradalign",
     "preact_resnet18_wong",

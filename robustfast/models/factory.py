@@ -14,14 +14,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
 from torch import Tensor, nn
 
+from .._io import read_torch_file
 from .._registry import Registry
 from ..errors import RobustfastError
 from .normalize import Normalize, resolve_normalize
 
-__all__ = ["MODELS", "create", "list_models", "load_checkpoint", "register_model"]
+__all__ = ["MODELS", "create", "list_models", "load_weights", "register_model"]
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
@@ -123,7 +123,7 @@ def create(
         net = entry(num_classes=num_classes, in_chans=in_chans, **kwargs)
     model = net if stats is None else nn.Sequential(OrderedDict(normalize=Normalize(*stats), model=net))
     if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
+        load_weights(model, checkpoint)
     return model
 
 
@@ -148,7 +148,7 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
     return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in obj.items()}
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a state dict file into ``model`` (strictly), safely (``torch.load(weights_only=True)``).
 
     The file may hold the bare network's state dict or that of the normalized wrapper built by :func:`create`
@@ -165,14 +165,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
         RobustfastError: missing file, unreadable file, or keys/shapes that do not match the model.
     """
     path = Path(path)
-    if not path.is_file():
-        raise RobustfastError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        state = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
-    except RobustfastError:
-        raise
-    except Exception as e:  # unpickling errors: HTML saved as .pt, non-tensor objects, truncated files
-        raise RobustfastError(f"could not read checkpoint {str(path)!r} with torch.load(weights_only=True): {e}") from e
+    state = _unwrap_state_dict(read_torch_file(path, "cpu", what="weights file"), path)
     target = model
     if isinstance(model, nn.Sequential) and hasattr(model, "normalize") and "normalize.mean" not in state:
         target = model.model  # a bare-network checkpoint for a normalized model

@@ -31,7 +31,15 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_batch, check_labels_in_range, check_logits, check_model_dtype, input_bounds, range_problem
+from .._checks import (
+    check_batch,
+    check_kwargs,
+    check_labels_in_range,
+    check_logits,
+    check_model_dtype,
+    input_bounds,
+    range_problem,
+)
 from .._registry import Registry
 from ..component import Component
 from ..context import StepContext
@@ -60,10 +68,8 @@ def create_regularizer(name: str, **kwargs: Any) -> Regularizer:
 
     Unknown keyword arguments raise a :class:`RobustfastError` that lists the accepted ones.
     """
-    from ..attacks.base import _check_kwargs
-
     cls = REGULARIZERS.get(name)
-    _check_kwargs(cls, kwargs, f"regularizer {name!r}")
+    check_kwargs(cls, kwargs, f"regularizer {name!r}")
     return cls(**kwargs)
 
 

@@ -11,7 +11,6 @@ loaders'.
 from __future__ import annotations
 
 import os
-import pickle
 import random
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._io import read_torch_file
 from ..errors import RobustfastError
 
 __all__ = ["capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint"]
@@ -43,28 +43,13 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely (``torch.load(weights_only=True)``: tensors and plain values only).
+    """Read a trainer checkpoint safely (``torch.load(weights_only=True)``: tensors and plain values only).
 
     Raises:
         RobustfastError: the file is missing, truncated, not a torch file, or holds objects other than
             tensors and plain values; the message names the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise RobustfastError(f"checkpoint {str(path)!r} does not exist; check the path (or pass resume=False)")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:  # pickled Python objects: never retried with weights_only=False
-        raise RobustfastError(
-            f"checkpoint {str(path)!r} holds Python objects other than tensors and plain values; robustfast loads "
-            "checkpoints with weights_only=True and never unpickles arbitrary code. Re-save it as a state_dict"
-        ) from None
-    except Exception as e:  # truncated zip, HTML saved as .pt, not a torch file at all
-        reason = str(e).splitlines()[0][:160]
-        raise RobustfastError(
-            f"could not read checkpoint {str(path)!r}: the file is truncated, corrupt or not a torch file "
-            f"({type(e).__name__}: {reason}); use an intact copy (an interrupted save never replaces the last one)"
-        ) from None
+    state = read_torch_file(path, map_location, what="checkpoint")
     if not isinstance(state, dict):
         raise RobustfastError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, not a dict")
     return state

@@ -506,7 +506,7 @@ class AdversarialTrainer:
             raise RobustfastError(
                 f"this file is {what}; fit(resume=...) needs a checkpoint written by AdversarialTrainer "
                 "(checkpoint_dir/last.pt). To start from saved weights, load them into the model first "
-                "(robustfast.models.load_checkpoint(model, path)) and call fit() without resume"
+                "(robustfast.models.load_weights(model, path)) and call fit() without resume"
             )
         if state.get("format") != FORMAT:
             raise RobustfastError(f"checkpoint format {state.get('format')!r} is not {FORMAT}; it was written by "
