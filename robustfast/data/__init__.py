@@ -6,6 +6,7 @@ from .offline import (
     FASHION_MNIST_DIR,
     load_digits_tensors,
     load_fashion_mnist_tensors,
+    missing_fashion_mnist_files,
     offline_loaders,
     read_idx,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "list_vision_datasets",
     "load_digits_tensors",
     "load_fashion_mnist_tensors",
+    "missing_fashion_mnist_files",
     "offline_loaders",
     "read_idx",
     "vision_dataset",
