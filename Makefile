@@ -10,7 +10,7 @@ data: ## offline test data: installs Debian's dataset-fashion-mnist where apt-ge
 	@./scripts/ensure_data.sh
 
 demo: env ## the main job: train + evaluate on digits (offline, minutes on CPU); writes runs/demo/
-	$(PY) -m robustfast.cli train --preset demo --output runs/demo
+	$(PY) -m robustfast.cli train --preset demo --output runs/demo --overwrite
 
 test: env data ## the test suite
 	$(PY) -m pytest -q

@@ -72,7 +72,8 @@ def test_flags_override_config_file_override_preset(tmp_path) -> None:
     ("argv", "match"),
     [
         (["--preset", "zerograd-cifar10"], "Did you mean"),
-        (["--eps", "8"], "did you mean 8/255"),
+        (["--eps", "8"], r"did you mean eps=8/255\?"),
+        (["--eps=-1"], r"eps=-1: eps must be >= 0 \(an L∞ radius"),
         (["--schedule", "cyclic", "--lr", "fast"], "lr="),
     ],
 )

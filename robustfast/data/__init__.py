@@ -11,6 +11,9 @@ from .offline import (
     read_idx,
 )
 
+# --- validation points held out of a training split (split.py) ---
+from .split import holdout_split
+
 # --- torchvision datasets (vision.py) ---
 from .vision import (
     DOWNLOAD_TIMEOUT_S,
@@ -27,6 +30,7 @@ __all__ = [
     "FASHION_MNIST_DIR",
     "VISION_DATASETS",
     "VisionDatasetInfo",
+    "holdout_split",
     "list_vision_datasets",
     "load_digits_tensors",
     "load_fashion_mnist_tensors",

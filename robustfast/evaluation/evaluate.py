@@ -85,6 +85,7 @@ def parse_attack(
     seed: int | None = 0,
     *,
     allow_smaller_eps: bool = False,
+    pgd_step_size: float | None = None,
 ) -> _Plan:
     """Turn ``"pgd-50-10"``, ``"pgd-50-10-official"``, ``"fgsm"``, ``"apgd-ce"``, ``"autoattack"``... or an instance
     into a runnable plan.
@@ -96,6 +97,7 @@ def parse_attack(
         eps: the evaluation's L∞ radius.
         seed: seed of the attacks built from names (default 0).
         allow_smaller_eps: accept instances whose ``eps`` is below ``eps`` (default ``False``: refused).
+        pgd_step_size: step of the named PGD attacks (default ``None``: ``eps / 4``).
 
     Raises:
         RobustfastError: unknown name, bad PGD budget, or an instance on another model or at another ε.
@@ -123,13 +125,14 @@ def parse_attack(
         if steps < 1 or restarts < 1:
             raise RobustfastError(f"{spec!r}: PGD needs steps >= 1 and restarts >= 1")
         name = (f"pgd-{steps}-{restarts}" if m.group(2) else f"pgd-{steps}") + ("-official" if official else "")
-        proto = {"attack": "pgd", "steps": steps, "restarts": restarts, "step_size": eps / 4, "seed": seed}
+        alpha = eps / 4 if pgd_step_size is None else pgd_step_size
+        proto = {"attack": "pgd", "steps": steps, "restarts": restarts, "step_size": alpha, "seed": seed}
         proto |= {"random_start": "uniform", "restart_seeds": "seed + restart index"}
         if official:  # the papers' code: all steps, per example the restart with the highest final loss counts
             proto["per_example"] = "no early exit; the max-loss restart counts"
         else:
             proto["per_example"] = "early exit; broken by any restart"
-        kw = {"alpha": eps / 4, "steps": steps, "random_start": True, "early_stop": not official}
+        kw = {"alpha": alpha, "steps": steps, "random_start": True, "early_stop": not official}
         return _Plan(name, "pgd-official" if official else "pgd", kw, proto, restarts)
     if key in AA_ATTACKS:
         adapter = AutoAttackAdapter(model, eps, version="custom", attacks=[key], seed=seed)
@@ -324,6 +327,7 @@ def evaluate(
     progress: bool = True,
     keep_adversarial: bool = False,
     allow_smaller_eps: bool = False,
+    pgd_step_size: float | None = None,
 ) -> EvaluationReport:
     """Accuracy of ``model`` under each attack of a list, the per-example worst case, and the exact protocol.
 
@@ -346,6 +350,8 @@ def evaluate(
             :meth:`EvaluationReport.save_adversarial`.
         allow_smaller_eps: accept attack instances whose ``eps`` is below ``eps`` (default ``False``: refused, since
             they overstate robustness); the report shows each attack's ε either way.
+        pgd_step_size: step size of the named PGD attacks (default ``None``: ``eps / 4``, GradAlign/AdvLC; ZeroGrad
+            and SEAT evaluate with ``2/255``).
 
     Returns:
         An :class:`EvaluationReport` (``report.accuracy``, ``report.worst_case_accuracy``, ``to_markdown()``).
@@ -364,7 +370,16 @@ def evaluate(
         raise RobustfastError("evaluate: attacks is empty")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise RobustfastError(f"batch_size={batch_size!r}: must be a positive integer")
-    plans = [parse_attack(a, model, eps, seed, allow_smaller_eps=allow_smaller_eps) for a in attacks]
+    if pgd_step_size is not None:
+        if (
+            isinstance(pgd_step_size, bool)
+            or not isinstance(pgd_step_size, (int, float))
+            or not 0 < pgd_step_size <= eps
+        ):
+            raise RobustfastError(f"pgd_step_size={pgd_step_size!r}: must be in (0, eps={eps:.4g}]")
+        pgd_step_size = float(pgd_step_size)
+    kw = {"allow_smaller_eps": allow_smaller_eps, "pgd_step_size": pgd_step_size}
+    plans = [parse_attack(a, model, eps, seed, **kw) for a in attacks]
     seen: dict[str, int] = {}
     for i, p in enumerate(plans):  # make names unique: "pgd-20", "pgd-20#2"
         seen[p.name] = seen.get(p.name, 0) + 1

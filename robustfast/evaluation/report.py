@@ -22,8 +22,11 @@ def _mask_str(mask: tuple[bool, ...]) -> str:
 
 
 def _px(eps: float) -> str:
-    """A radius in 1/255 units: ``0.0314`` -> ``"8/255"``."""
-    return f"{eps * 255:.3g}/255"
+    """A radius for people: ``0.0314`` -> ``"8/255"`` (whole 255ths), ``0.1`` -> ``"0.1"``."""
+    k = eps * 255
+    if k > 0.5 and abs(k - round(k)) < 1e-6 * k:
+        return f"{round(k)}/255"
+    return f"{eps:.4g}"
 
 
 def _short(text: str, width: int = 60) -> str:
