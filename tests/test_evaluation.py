@@ -303,3 +303,11 @@ def test_markdown_keeps_long_protocols_out_of_the_table(lin, data) -> None:
     assert "| autoattack-custom | 8/255 | 3 |" in md and "custom: apgd-ce+apgd-t (pyautoattack" in md
     full = next(line for line in md.splitlines() if line.startswith("- autoattack-custom: "))
     assert "n_target_classes=" in full and "package_version=" in full  # the full protocol, below the table
+
+
+def test_training_curves_label_epochs_as_the_history_numbers_them(tmp_path) -> None:
+    from robustfast.evaluation import plot_training_curves
+
+    history = [{"epoch": e, "val_acc": 0.5 + e / 10, "val_pgd_acc": None if e == 2 else 0.3} for e in (1, 2, 3)]
+    out = plot_training_curves(history, tmp_path / "curves")
+    assert out.suffix == ".png" and out.read_bytes()[:4] == b"\x89PNG"
