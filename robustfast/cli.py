@@ -33,7 +33,7 @@ import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .config import RunConfig, format_value, list_presets, load_preset, load_yaml, resume_conflicts
+from .config import RESUMABLE_KEYS, RunConfig, format_value, list_presets, load_preset, load_yaml, resume_conflicts
 from .errors import RobustfastError
 
 __all__ = ["build_data", "build_method", "build_model", "build_parser", "config_from_args", "main"]
@@ -473,8 +473,8 @@ def resolve_train_config(args: argparse.Namespace) -> RunConfig:
         raise RobustfastError(
             f"train --resume: {cfg.output} was trained with other settings; {'; '.join(conflicts)}. Resume with the "
             f"run's own settings (`robustfast train --output {cfg.output} --resume` reads them from its "
-            "config.yaml; only epochs, device, workers, data_dir, download and eval may change), or start a new run "
-            "with another --output or --overwrite. Nothing was written."
+            f"config.yaml; only {', '.join(k for k in RESUMABLE_KEYS if k != 'output')} may change), or start a new "
+            "run with another --output or --overwrite. Nothing was written."
         )
     return cfg
 

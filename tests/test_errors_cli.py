@@ -176,13 +176,14 @@ def test_validation_points_are_held_out_of_the_training_split() -> None:
         (["--device", "gpu"], "device='gpu': not a torch device; use cpu, cuda, cuda:N"),
         (["--dataset", "cifar-1O"], "unknown dataset 'cifar-1O'. Did you mean 'cifar10'"),
         (["--eps", "8"], "eps=8 looks like a 0-255 scale but inputs are in [0, 1]; did you mean eps=8/255?"),
+        (["--eps=-1"], "eps=-1: eps must be >= 0 (an L∞ radius in pixel units, e.g. 8/255)\n"),
     ],
 )
 def test_bad_train_inputs_are_clear_errors_and_write_nothing(tmp_path: Path, capsys, flags, message) -> None:
     out = tmp_path / "never"
     err = fails(["train", "--epochs", "1", "--output", str(out), "--quiet", *flags], capsys)
     assert message in err, err
-    assert not out.exists()
+    assert "-1/255" not in err and not out.exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
