@@ -36,7 +36,17 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from .config import RESUMABLE_KEYS, RunConfig, format_value, list_presets, load_preset, load_yaml, resume_conflicts
 from .errors import RobustfastError
 
-__all__ = ["build_data", "build_method", "build_model", "build_parser", "config_from_args", "main"]
+__all__ = [
+    "RunData",
+    "build_averaging",
+    "build_data",
+    "build_method",
+    "build_model",
+    "build_parser",
+    "config_from_args",
+    "main",
+    "resolve_train_config",
+]
 
 OFFLINE = ("digits", "fashion_mnist")
 #: What ``robustfast list`` can show.
@@ -398,6 +408,20 @@ def build_averaging(cfg: RunConfig, n_batches: int) -> list[Any]:
     return averaging
 
 
+def _check_names(cfg: RunConfig) -> None:
+    """Unknown attack, regularizer or model names fail first (with suggestions), before anything else is looked at."""
+    from .attacks import ATTACKS
+    from .models import MODELS
+    from .regularizers import REGULARIZERS
+
+    if str(cfg.attack["name"]).lower() != "none":
+        ATTACKS.get(str(cfg.attack["name"]))
+    for r in cfg.regularizers:
+        REGULARIZERS.get(str(r["name"]))
+    if not cfg.model.startswith("timm:"):
+        MODELS.get(cfg.model)
+
+
 def _is_run(out: Path) -> list[str]:
     """The run files already in ``out`` (empty when it is not a run folder)."""
     return [n for n in (*RUN_FILES, *RUN_DIRS) if (out / n).exists()]
@@ -457,8 +481,14 @@ def _write_report(report: Any, out: Path) -> None:
 
 # --------------------------------------------------------------------------------------------- commands
 def resolve_train_config(args: argparse.Namespace) -> RunConfig:
-    """The run's configuration; with ``--resume`` on an existing run, its ``config.yaml`` is the base layer and the
-    result must agree with it (except :data:`~robustfast.config.RESUMABLE_KEYS`)."""
+    """The configuration of ``train``; on ``--resume``, the run's own ``config.yaml`` is the base layer.
+
+    The result must agree with the saved configuration except for
+    :data:`~robustfast.config.RESUMABLE_KEYS`; changed resumable keys are reported on stderr.
+
+    Raises:
+        RobustfastError: unreadable saved configuration, or settings that differ from the run's.
+    """
     cfg = config_from_args(args)
     saved_path = Path(cfg.output) / "config.yaml"
     if not getattr(args, "resume", False) or not saved_path.is_file():
@@ -476,6 +506,10 @@ def resolve_train_config(args: argparse.Namespace) -> RunConfig:
             f"config.yaml; only {', '.join(k for k in RESUMABLE_KEYS if k != 'output')} may change), or start a new "
             "run with another --output or --overwrite. Nothing was written."
         )
+    a, b = saved.to_dict(), cfg.to_dict()
+    changed = [f"{k} {a[k]!r} -> {b[k]!r}" for k in RESUMABLE_KEYS if k != "output" and a[k] != b[k]]
+    if changed:
+        _note(f"resuming {cfg.output} with changed settings: {'; '.join(changed)}")
     return cfg
 
 
@@ -489,6 +523,7 @@ def cmd_train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
     from .evaluation import plot_training_curves
     from .training import AdversarialTrainer, COGuard
 
+    _check_names(cfg)
     out = Path(cfg.output)
     existing = _is_run(out)
     if existing and not (resume or overwrite):

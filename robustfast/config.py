@@ -21,6 +21,7 @@ __all__ = [
     "RESUMABLE_KEYS",
     "EvalConfig",
     "RunConfig",
+    "format_value",
     "list_presets",
     "load_preset",
     "parse_number",

@@ -109,7 +109,8 @@ def test_resume_from_a_damaged_checkpoint_is_a_clear_error(run: Path, capsys, da
 
 def test_resume_continues_with_the_runs_own_settings(run: Path, capsys) -> None:
     assert main(["train", "--resume", "--output", str(run), "--epochs", "2", "--eval-attacks", "clean", "--quiet"]) == 0
-    assert "resuming" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "resuming" in err and "with changed settings: epochs 1 -> 2" in err
     history = json.loads((run / "history.json").read_text())
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert len(history) == 2 and cfg["epochs"] == 2 and cfg["eps"] == pytest.approx(4 / 255)

@@ -87,8 +87,7 @@ def parse_attack(
     allow_smaller_eps: bool = False,
     pgd_step_size: float | None = None,
 ) -> _Plan:
-    """Turn ``"pgd-50-10"``, ``"pgd-50-10-official"``, ``"fgsm"``, ``"apgd-ce"``, ``"autoattack"``... or an instance
-    into a runnable plan.
+    """Turn an attack name (``"pgd-50-10"``, ``"pgd-50-10-official"``, ``"autoattack"``...) or instance into a plan.
 
     Args:
         spec: an attack name (see :func:`evaluate`) or an :class:`~robustfast.Attack` / :class:`AutoAttackAdapter`

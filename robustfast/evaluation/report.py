@@ -145,8 +145,7 @@ class EvaluationReport:
 
     # ------------------------------------------------------------------ formatting
     def to_markdown(self) -> str:
-        """A Markdown table (attack, ε, steps, accuracy, cumulative accuracy, protocol summary, time), the worst
-        case, then each attack's full protocol."""
+        """Markdown: a table (attack, ε, steps, accuracy, cumulative, short protocol, time), then full protocols."""
         lines = [
             f"Evaluation at eps = {_px(self.eps)} on {self.n_examples} points (seed {self.seed})",
             "",
