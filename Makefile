@@ -1,15 +1,18 @@
 # One command per job; each creates/updates the environment it needs (scripts/ensure_env.sh).
 PY := .venv/bin/python
 SRC := $(wildcard robustfast tests examples benchmarks)
-.PHONY: env demo test lint docs lock clean
+.PHONY: env data demo test lint docs lock clean
 
-env:
+env: ## the pinned virtual environment (.venv)
 	@./scripts/ensure_env.sh
 
-demo: env ## the main job: train + evaluate on digits (offline, minutes on CPU); writes runs/demo/
-	$(PY) -m robustfast.cli train --preset demo --output runs/demo
+data: ## offline test data: installs Debian's dataset-fashion-mnist where apt-get can run (root); else its tests skip
+	@./scripts/ensure_data.sh
 
-test: env ## the test suite
+demo: env ## the main job: train + evaluate on digits (offline, minutes on CPU); writes runs/demo/
+	$(PY) -m robustfast.cli train --preset demo --output runs/demo --overwrite
+
+test: env data ## the test suite
 	$(PY) -m pytest -q
 
 lint: env

@@ -17,7 +17,23 @@ import yaml
 
 from .errors import RobustfastError
 
-__all__ = ["EvalConfig", "RunConfig", "list_presets", "load_preset", "parse_number"]
+__all__ = [
+    "RESUMABLE_KEYS",
+    "EvalConfig",
+    "RunConfig",
+    "format_value",
+    "list_presets",
+    "load_preset",
+    "parse_number",
+    "resume_conflicts",
+]
+
+#: Datasets the command line knows: offline ones first, then torchvision's.
+DATASETS = ("digits", "fashion_mnist", "cifar10", "cifar100", "svhn", "imagenet")
+_DATASET_ALIASES = {d.replace("_", ""): d for d in DATASETS} | {"fmnist": "fashion_mnist"}
+#: Keys a resumed run may change (``train --resume``); every other key must match the run's ``config.yaml``.
+RESUMABLE_KEYS = ("epochs", "device", "workers", "data_dir", "download", "output", "eval", "compile", "channels_last")
+_PIXEL_KEYS = ("eps", "alpha", "noise", "clip", "step_size", "pgd_alpha")
 
 
 def parse_number(value: Any, name: str = "value") -> float:
@@ -79,7 +95,8 @@ class RunConfig:
         co_guard: enable the catastrophic-overfitting guard (FGSM vs PGD accuracy on held-out points each epoch).
         co_action: what the guard does on CO: ``flag`` (default), ``rollback`` (ZeroGrad's recipe) or ``stop``.
         download: let torchvision download missing datasets (needs internet).
-        val_examples: test points used for the per-epoch validation and the CO guard.
+        val_examples: points held out from the training split (never the test set) for the per-epoch validation and
+            the CO guard; ``None`` (default): 10% of the training split, at most 512.
         output: output directory (report, history, curves, checkpoints).
     """
 
@@ -115,7 +132,7 @@ class RunConfig:
     workers: int = 0
     output: str = "runs/demo"
     download: bool = True
-    val_examples: int = 512
+    val_examples: int | None = None
     co_action: str = "flag"
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -159,8 +176,32 @@ class RunConfig:
             if not isinstance(self.loss, dict) or "name" not in self.loss:
                 raise RobustfastError(f"loss={self.loss!r}: expected {{name: ..., **kwargs}}")
             self.loss = {k: _maybe_fraction(v, k) for k, v in self.loss.items()}
-        if not 0 <= self.eps <= 1:
-            raise RobustfastError(f"eps={self.eps}: must be in [0, 1] pixel units (did you mean {self.eps:g}/255?)")
+        if self.eps < 0:
+            raise RobustfastError(f"eps={self.eps:g}: eps must be >= 0 (an L∞ radius in pixel units, e.g. 8/255)")
+        if self.eps > 1:
+            raise RobustfastError(
+                f"eps={self.eps:g} looks like a 0-255 scale but inputs are in [0, 1]; "
+                f"did you mean eps={self.eps:g}/255?"
+            )
+        name = _DATASET_ALIASES.get(str(self.dataset).lower().replace("-", "").replace("_", ""), str(self.dataset))
+        if name not in DATASETS:
+            close = difflib.get_close_matches(name, DATASETS, n=2)
+            hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+            raise RobustfastError(f"unknown dataset {self.dataset!r}.{hint} Available: {', '.join(DATASETS)}")
+        self.dataset = name
+        if self.device is not None:
+            self.device = _check_device_name(self.device)
+        for key in ("epochs", "batch_size"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise RobustfastError(f"{key}={value!r}: expected an integer")
+        v = self.val_examples
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise RobustfastError(
+                f"val_examples={v!r}: expected a positive integer, or null for 10% of the training split"
+            )
+        self.swa = _check_averaging("swa", self.swa)
+        self.ema = _check_averaging("ema", self.ema)
         if self.epochs < 1 or self.batch_size < 1:
             raise RobustfastError(f"epochs={self.epochs}, batch_size={self.batch_size}: must be >= 1")
         if self.schedule not in ("cyclic", "onecycle", "piecewise", "constant"):
@@ -175,6 +216,52 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain-data view (for the run's ``config.yaml``)."""
         return dataclasses.asdict(self)
+
+
+def _check_device_name(device: Any) -> str:
+    """``"cuda"``, ``"cuda:1"``, ``"cpu"``, ``"mps"``... as a string; anything torch does not parse is a clear error."""
+    import torch
+
+    try:
+        return str(torch.device(str(device)))
+    except RuntimeError:
+        raise RobustfastError(
+            f"device={device!r}: not a torch device; use cpu, cuda, cuda:N (the N-th GPU) or mps, or leave it unset "
+            "(the GPU when one is available, else the CPU)"
+        ) from None
+
+
+def _check_averaging(name: str, value: Any) -> dict[str, Any] | None:
+    """``swa``/``ema`` settings: ``None`` or a mapping (its keywords are checked when the averager is built)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    if not isinstance(value, dict):
+        example = "{start_epoch: 50, every: 500}" if name == "swa" else "{decay: 0.999}"
+        raise RobustfastError(f"{name}={value!r}: expected a mapping such as {example}, or null")
+    return dict(value)
+
+
+def resume_conflicts(saved: RunConfig, new: RunConfig) -> list[str]:
+    """Settings in which ``new`` differs from the run's ``saved`` configuration, outside :data:`RESUMABLE_KEYS`.
+
+    Each entry reads ``"model: small_cnn (run) vs preact_resnet18 (now)"``; an empty list means the run can be
+    resumed with ``new``.
+    """
+    a, b = saved.to_dict(), new.to_dict()
+    return [f"{k}: {a[k]!r} (run) vs {b[k]!r} (now)" for k in a if k not in RESUMABLE_KEYS and a[k] != b.get(k)]
+
+
+def format_value(key: str, value: Any) -> str:
+    """``eps``-like values as ``8/255`` when they are whole 255ths, other floats as ``%g``; for listings."""
+    if isinstance(value, float) and key in _PIXEL_KEYS and 0 < value <= 1:
+        k = value * 255
+        if abs(k - round(k)) < 1e-6:
+            return f"{round(k)}/255"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def _maybe_fraction(value: Any, name: str) -> Any:
@@ -209,7 +296,12 @@ def load_preset(name: str) -> dict[str, Any]:
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML configuration file (a mapping)."""
-    data = yaml.safe_load(Path(path).read_text())
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise RobustfastError(f"cannot read the configuration file {path}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise RobustfastError(f"{path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise RobustfastError(f"{path}: expected a YAML mapping of configuration keys")
     return data

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -55,3 +57,22 @@ def model() -> nn.Module:
 def smooth_model() -> nn.Module:
     torch.manual_seed(0)
     return SmoothCNN().double().eval()
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist() -> Path:
+    """Folder of the real Fashion-MNIST files; skips the test, naming what is missing and the fix, when absent.
+
+    The one skip rule for every Fashion-MNIST test: ``make test`` installs Debian's ``dataset-fashion-mnist`` where
+    apt-get can run (root); elsewhere (macOS, no root) these tests skip with this reason.
+    """
+    from robustfast.data import FASHION_MNIST_DIR, missing_fashion_mnist_files
+
+    missing = missing_fashion_mnist_files()
+    if missing:
+        pytest.skip(
+            f"Fashion-MNIST not installed ({len(missing)} of 4 IDX files missing in {FASHION_MNIST_DIR}): "
+            "run `make test` as root (it installs Debian's dataset-fashion-mnist), or `sudo apt-get install "
+            "dataset-fashion-mnist`, or set ROBUSTFAST_FASHION_MNIST to a folder holding the files"
+        )
+    return FASHION_MNIST_DIR

@@ -128,3 +128,20 @@ def test_real_resnet18_end_to_end() -> None:
     assert rep.accuracy["autoattack-custom"] <= rep.accuracy["clean"]
     assert rep["autoattack-custom"].protocol["n_classes"] == 10
     assert not model.training
+
+
+def test_adapter_on_a_model_returning_a_tuple_is_a_clear_error() -> None:
+    class Pair(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = Linear(scale=0.2)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            z = self.inner(x)
+            return z, z
+
+    model = Pair().eval()
+    x = torch.rand(4, 3, 8, 8)
+    adapter = AutoAttackAdapter(model, EPS, version="custom", attacks=["apgd-ce"], n_iter=2)
+    with pytest.raises(rf.RobustfastError, match=r"AutoAttackAdapter.run: model\(x\) returned a tuple of 2 items"):
+        adapter.run(x, torch.zeros(4, dtype=torch.long))

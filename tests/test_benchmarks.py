@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from robustfast.data import missing_fashion_mnist_files
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ["step_cost", "peers", "aa_overhead", "quality", "gpu_bench", "gradalign_fd"]
+NEEDS_FASHION_MNIST = {"gradalign_fd"}  # their tests take the `fashion_mnist` fixture (skip when it is absent)
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +31,7 @@ def outputs() -> dict[str, subprocess.CompletedProcess]:
             text=True,
         )
         for name in SCRIPTS
+        if name not in NEEDS_FASHION_MNIST or not missing_fashion_mnist_files()
     }
     out = {}
     for name, p in procs.items():
@@ -80,7 +84,7 @@ def test_gpu_bench_quick(outputs):
     assert re.search(r"\| FGSM \| 8 \| [0-9]+ \| [0-9]+ \| [0-9.]+× \|", text)
 
 
-def test_gradalign_fd_quick(outputs):
+def test_gradalign_fd_quick(fashion_mnist, outputs):
     text = _ok(outputs["gradalign_fd"])
     for method in ("FGSM", r"FGSM\+GradAlign \(exact\)", r"FGSM\+GradAlign \(fd\)"):
         assert re.search(rf"^\| {method} \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|$", text, re.M), method

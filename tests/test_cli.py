@@ -72,7 +72,8 @@ def test_flags_override_config_file_override_preset(tmp_path) -> None:
     ("argv", "match"),
     [
         (["--preset", "zerograd-cifar10"], "Did you mean"),
-        (["--eps", "8"], "did you mean 8/255"),
+        (["--eps", "8"], r"did you mean eps=8/255\?"),
+        (["--eps=-1"], r"eps=-1: eps must be >= 0 \(an L∞ radius"),
         (["--schedule", "cyclic", "--lr", "fast"], "lr="),
     ],
 )
@@ -88,8 +89,8 @@ def test_unknown_config_key(tmp_path) -> None:
         parse("--config", str(f))
 
 
-def test_main_reports_errors_with_exit_code_2(capsys) -> None:
-    assert main(["train", "--attack", "zerogard", "--epochs", "1"]) == 2
+def test_main_reports_errors_with_exit_code_2(capsys, tmp_path) -> None:
+    assert main(["train", "--attack", "zerogard", "--epochs", "1", "--output", str(tmp_path / "run")]) == 2
     assert "Did you mean 'zerograd'" in capsys.readouterr().err
 
 
@@ -122,3 +123,12 @@ def test_fractions_in_method_arguments() -> None:
     cfg = parse("--attack", "rs", "--attack-arg", "alpha=10/255", "--reg", "gradalign:eps=8/255,lam=0.2")
     assert cfg.attack["alpha"] == pytest.approx(10 / 255)
     assert cfg.regularizers == [{"name": "gradalign", "eps": pytest.approx(8 / 255), "lam": 0.2}]
+
+
+def test_bad_names_come_before_the_output_folder_check(capsys, tmp_path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("epochs: 1\n")  # an existing run
+    for flags, hint in ((["--attack", "zerogard"], "'zerograd'"), (["--reg", "gradalgn"], "'gradalign'"),
+                        (["--model", "small_cn"], "'small_cnn'")):  # fmt: skip
+        assert main(["train", *flags, "--output", str(tmp_path / "run")]) == 2
+        assert f"Did you mean {hint}" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from robustfast.data import (
     FASHION_MNIST_DIR,
     load_digits_tensors,
     load_fashion_mnist_tensors,
+    missing_fashion_mnist_files,
     offline_loaders,
     read_idx,
 )
@@ -54,12 +55,17 @@ def test_fashion_mnist_from_folder_and_subsets(tmp_path: Path):
 
 
 def test_missing_fashion_mnist_names_the_package(tmp_path: Path):
+    assert len(missing_fashion_mnist_files(tmp_path)) == 4
+    _fake_fmnist(tmp_path)
+    assert missing_fashion_mnist_files(tmp_path) == []
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    assert missing_fashion_mnist_files(tmp_path) == [tmp_path / "t10k-labels-idx1-ubyte.gz"]
     with pytest.raises(RobustfastError, match="apt-get install dataset-fashion-mnist"):
         load_fashion_mnist_tensors(tmp_path)
 
 
-def test_real_fashion_mnist_test_split():
-    assert FASHION_MNIST_DIR.name == "fashion-mnist"
+def test_real_fashion_mnist_test_split(fashion_mnist: Path):
+    assert fashion_mnist == FASHION_MNIST_DIR
     _, _, xte, yte = load_fashion_mnist_tensors(n_train=10)
     assert xte.shape == (10000, 1, 28, 28) and torch.equal(yte.bincount(), torch.full((10,), 1000))
 

@@ -9,9 +9,13 @@ from .offline import (
     FASHION_MNIST_DIR,
     load_digits_tensors,
     load_fashion_mnist_tensors,
+    missing_fashion_mnist_files,
     offline_loaders,
     read_idx,
 )
+
+# --- validation points held out of a training split (split.py) ---
+from .split import holdout_split
 
 # --- torchvision datasets (vision.py) ---
 from .vision import (
@@ -30,9 +34,11 @@ __all__ = [
     "VISION_DATASETS",
     "IndexedDataset",
     "VisionDatasetInfo",
+    "holdout_split",
     "list_vision_datasets",
     "load_digits_tensors",
     "load_fashion_mnist_tensors",
+    "missing_fashion_mnist_files",
     "offline_loaders",
     "read_idx",
     "vision_dataset",

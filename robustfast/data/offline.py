@@ -23,6 +23,7 @@ __all__ = [
     "FASHION_MNIST_DIR",
     "load_digits_tensors",
     "load_fashion_mnist_tensors",
+    "missing_fashion_mnist_files",
     "offline_loaders",
     "read_idx",
 ]
@@ -62,6 +63,15 @@ def _subset(x: Tensor, y: Tensor, n: int | None, seed: int) -> tuple[Tensor, Ten
     return x[idx], y[idx]
 
 
+def missing_fashion_mnist_files(root: str | Path | None = None) -> list[Path]:
+    """The Fashion-MNIST IDX files absent from ``root`` (default :data:`FASHION_MNIST_DIR`); empty when all are there.
+
+    Tests and scripts use it to skip, or to say what is missing, before loading anything.
+    """
+    folder = Path(root) if root is not None else FASHION_MNIST_DIR
+    return [folder / name for pair in _FMNIST_FILES.values() for name in pair if not (folder / name).is_file()]
+
+
 def load_fashion_mnist_tensors(
     root: str | Path | None = None, *, n_train: int | None = None, n_test: int | None = None, seed: int = 0
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -87,8 +97,9 @@ def load_fashion_mnist_tensors(
         if missing:
             raise RobustfastError(
                 f"Fashion-MNIST files not found: {', '.join(missing)}. Install them with "
-                "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu) or pass root= to a folder holding "
-                "the IDX files (train-images-idx3-ubyte.gz, ...)."
+                "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu; `make test` does it as root), or pass "
+                "root= (or set ROBUSTFAST_FASHION_MNIST) to a folder holding the IDX files "
+                "(train-images-idx3-ubyte.gz, ...)."
             )
         images, labels = (read_idx(p) for p in paths)
         x = torch.from_numpy(images.copy()).unsqueeze(1).float().div_(255.0)

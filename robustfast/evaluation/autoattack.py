@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ..errors import RobustfastError
 from ..modes import model_mode
+from ._predict import output_width, predict
 
 __all__ = ["AA_ATTACKS", "AA_VERSIONS", "AutoAttackAdapter", "AutoAttackResult", "autoattack_backend"]
 
@@ -260,7 +261,7 @@ class AutoAttackAdapter:
         dev = self._device()
         rng_devices = [dev] if dev.type == "cuda" else []
         with model_mode(self.model, "eval"), torch.random.fork_rng(devices=rng_devices):
-            n_classes = self.n_classes or _output_width(self.model, x[:1].to(dev))
+            n_classes = self.n_classes or output_width(self.model, x[:1].to(dev), "AutoAttackAdapter.run")
             aa = self.build(n_classes)
             x_adv, y_adv = self._call(aa, x, y.long(), batch_size)
             if y_adv is None:  # a package version that does not return the predictions on x_adv
@@ -286,18 +287,3 @@ def _set_apgd_iters(apgd: Any, n_iter: int) -> None:
     apgd.n_iter_2 = max(int(0.22 * n_iter), 1)
     apgd.n_iter_min = max(int(0.06 * n_iter), 1)
     apgd.size_decr = max(int(0.03 * n_iter), 1)
-
-
-@torch.no_grad()
-def _output_width(model: nn.Module, x: Tensor) -> int:
-    out = model(x)
-    if not isinstance(out, Tensor) or out.dim() != 2:
-        raise RobustfastError("AutoAttack needs a model returning logits of shape (N, C)")
-    return int(out.shape[1])
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x: Tensor, batch_size: int, device: torch.device) -> Tensor:
-    """Arg-max predictions of ``model`` on ``x`` in batches (returned on ``x.device``)."""
-    preds = [model(x[i : i + batch_size].to(device)).argmax(1).to(x.device) for i in range(0, x.shape[0], batch_size)]
-    return torch.cat(preds)

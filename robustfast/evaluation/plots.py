@@ -60,8 +60,9 @@ def plot_training_curves(
     """Draw clean/FGSM/PGD accuracy per epoch and mark catastrophic-overfitting epochs; save a PNG.
 
     Args:
-        history: one dict per epoch with any of ``clean_acc``, ``fgsm_acc``, ``pgd_acc`` (in [0, 1] or percent)
-            and optionally ``epoch`` and ``co`` (bool). An :class:`~robustfast.training.AdversarialTrainer`
+        history: one dict per epoch with any of ``clean_acc``, ``fgsm_acc``, ``pgd_acc`` (in [0, 1] or percent;
+            ``None`` = not measured) and optionally ``epoch`` (the x label, as the history numbers it; default: the
+            record's index) and ``co`` (bool). An :class:`~robustfast.training.AdversarialTrainer`
             history works as is (``val_acc``, ``co_fgsm_acc``, ``val_pgd_acc``/``co_pgd_acc`` are read).
         path: output file (``.png`` appended when missing).
         title: figure title.
@@ -80,16 +81,19 @@ def plot_training_curves(
         raise RobustfastError(f"plot_training_curves: history has none of {[k for k, _ in _CURVES]}")
     from matplotlib.figure import Figure  # no pyplot: renders with the Agg canvas, global backend untouched
 
-    percent = any(float(h.get(k, 0)) > 1 for h in history for k, _ in present)
+    percent = any(float(h[k]) > 1 for h in history for k, _ in present if h.get(k) is not None)
     scale = 100 if percent else 1
     epochs = [int(h.get("epoch", i)) for i, h in enumerate(history)]
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     for k, label in present:
-        pts = [(e, float(h[k])) for e, h in zip(epochs, history) if k in h]
+        pts = [(e, float(h[k])) for e, h in zip(epochs, history) if h.get(k) is not None]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=label)
     for i, ep in enumerate(co_epochs(history, co_drop * scale)):
         ax.axvline(ep, color="red", ls="--", lw=1, label="catastrophic overfitting" if i == 0 else None)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs as the history numbers them
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy (%)" if percent else "accuracy")
     if title:

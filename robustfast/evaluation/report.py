@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,13 +12,51 @@ from torch import Tensor
 
 from ..errors import RobustfastError
 
-__all__ = ["AttackResult", "EvaluationReport"]
+__all__ = ["AttackResult", "EvaluationReport", "summarize_protocol"]
 
 _FORMAT = "robustfast.evaluation/1"
 
 
 def _mask_str(mask: tuple[bool, ...]) -> str:
     return "".join("1" if m else "0" for m in mask)
+
+
+def _px(eps: float) -> str:
+    """A radius for people: ``0.0314`` -> ``"8/255"`` (whole 255ths), ``0.1`` -> ``"0.1"``."""
+    k = eps * 255
+    if k > 0.5 and abs(k - round(k)) < 1e-6 * k:
+        return f"{round(k)}/255"
+    return f"{eps:.4g}"
+
+
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def summarize_protocol(protocol: dict[str, Any]) -> str:
+    """A one-line summary of an attack's protocol for tables (ε and steps have their own columns).
+
+    Example: ``"10 restarts, step 2/255, early exit, any restart breaks"``; the full protocol is in
+    :attr:`AttackResult.protocol` (and below the table of :meth:`EvaluationReport.to_markdown`).
+    """
+    kind = str(protocol.get("attack", ""))
+    if kind == "none":
+        return "no attack"
+    if kind == "fgsm":
+        return f"FGSM, step {_px(protocol['step_size'])}" if "step_size" in protocol else "FGSM"
+    if kind == "pgd":
+        n = protocol.get("restarts", 1)
+        parts = [f"{n} restart{'s' if n != 1 else ''}"]
+        if "step_size" in protocol:
+            parts.append(f"step {_px(protocol['step_size'])}")
+        rule = str(protocol.get("per_example", ""))
+        parts.append("max-loss restart, no early exit (papers' code)" if "max-loss" in rule else "any restart breaks")
+        return ", ".join(parts)
+    if kind == "autoattack":
+        comps = "+".join(protocol.get("components", ()))
+        package = f"{protocol.get('package')} {protocol.get('package_version')}"
+        return _short(f"{protocol.get('version')}: {comps} ({package})")
+    return _short(kind)
 
 
 def _mask_tuple(s: str) -> tuple[bool, ...]:
@@ -57,6 +96,10 @@ class EvaluationReport:
         worst_case: per-example mask, True where the point survives *every* attack of the list.
         time_s: total wall-clock seconds.
         meta: model class, device, library and package versions, batch size.
+        adversarial: with ``evaluate(..., keep_adversarial=True)``: each attack's adversarial inputs ``(N, ...)`` on
+            the CPU, by attack name (clean inputs where a point was not attacked); ``None`` otherwise. Not saved by
+            :meth:`to_json`; see :meth:`save_adversarial`.
+        labels: the evaluated labels ``(N,)`` when ``adversarial`` is kept, else ``None``.
     """
 
     results: tuple[AttackResult, ...]
@@ -66,6 +109,8 @@ class EvaluationReport:
     worst_case: tuple[bool, ...]
     time_s: float
     meta: dict[str, Any] = field(default_factory=dict)
+    adversarial: dict[str, Tensor] | None = field(default=None, repr=False, compare=False)
+    labels: Tensor | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ access
     @property
@@ -100,23 +145,79 @@ class EvaluationReport:
 
     # ------------------------------------------------------------------ formatting
     def to_markdown(self) -> str:
-        """A Markdown table: attack, accuracy, cumulative accuracy, protocol, time; then the worst case."""
+        """Markdown: a table (attack, ε, steps, accuracy, cumulative, short protocol, time), then full protocols."""
         lines = [
-            f"Evaluation at eps = {self.eps * 255:.4g}/255 on {self.n_examples} points (seed {self.seed})",
+            f"Evaluation at eps = {_px(self.eps)} on {self.n_examples} points (seed {self.seed})",
             "",
-            "| attack | accuracy (%) | cumulative (%) | protocol | time (s) |",
-            "|---|---:|---:|---|---:|",
+            "| attack | ε | steps | accuracy (%) | cumulative (%) | protocol | time (s) |",
+            "|---|---|---:|---:|---:|---|---:|",
         ]
         cum = self.cumulative
         for r in self.results:
-            proto = ", ".join(f"{k}={v}" for k, v in r.protocol.items() if k not in ("attack", "eps"))
-            lines.append(f"| {r.name} | {100 * r.accuracy:.2f} | {100 * cum[r.name]:.2f} | {proto} | {r.time_s:.1f} |")
-        lines += ["", f"Worst case over all attacks: {100 * self.worst_case_accuracy:.2f}% ({self.time_s:.1f} s)"]
+            p = r.protocol
+            eps = "–" if p.get("attack") == "none" else _px(float(p.get("eps", self.eps)))
+            steps = p.get("steps", p.get("n_iter", ""))
+            lines.append(
+                f"| {r.name} | {eps} | {steps} | {100 * r.accuracy:.2f} | {100 * cum[r.name]:.2f} | "
+                f"{summarize_protocol(p)} | {r.time_s:.1f} |"
+            )
+        lines += ["", f"Worst case over all attacks: {100 * self.worst_case_accuracy:.2f}% ({self.time_s:.1f} s)", ""]
+        lines.append("Protocols (exact settings):")
+        for r in self.results:
+            proto = ", ".join(f"{k}={v}" for k, v in r.protocol.items())
+            lines.append(f"- {r.name}: `{proto}`")
         return "\n".join(lines)
+
+    def save_adversarial(self, path: str | Path, name: str | None = None) -> Path:
+        """Save one attack's adversarial inputs with ``torch.save``, in torchattacks' layout.
+
+        The file holds ``adv_inputs`` ``(N, ...)`` and ``labels`` ``(N,)`` (the keys torchattacks' ``Attack.save``
+        writes and ``Attack.load`` reads), plus ``robust`` (bool mask), ``attack``, ``eps`` and ``protocol``. It
+        loads with ``torch.load(path, weights_only=True)``.
+
+        Args:
+            path: output file (parent folders are created).
+            name: the attack's name in this report (default: the only attack with adversarial inputs).
+
+        Returns:
+            The path written.
+
+        Raises:
+            RobustfastError: the report kept no adversarial inputs (``evaluate(..., keep_adversarial=True)``), or
+                ``name`` is missing or ambiguous.
+        """
+        if not self.adversarial or self.labels is None:
+            raise RobustfastError(
+                "save_adversarial: this report kept no adversarial inputs; evaluate with keep_adversarial=True "
+                "(reports read back with from_json never have them)"
+            )
+        if name is None:
+            if len(self.adversarial) != 1:
+                raise RobustfastError(
+                    f"save_adversarial: the report has adversarial inputs of {sorted(self.adversarial)}; pass name="
+                )
+            name = next(iter(self.adversarial))
+        if name not in self.adversarial:
+            have = sorted(self.adversarial)
+            raise RobustfastError(f"save_adversarial: no adversarial inputs for {name!r}; have {have}")
+        result = self[name]
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "adv_inputs": self.adversarial[name],
+            "labels": self.labels,
+            "robust": torch.tensor(result.robust, dtype=torch.bool),
+            "attack": name,
+            "eps": self.eps,
+            "protocol": json.loads(json.dumps(result.protocol, default=str)),
+        }
+        torch.save(payload, out)
+        return out
 
     def to_json(self, **kwargs: Any) -> str:
         """Serialize (masks as strings of 0/1); ``kwargs`` go to :func:`json.dumps`."""
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("adversarial", "labels")}
+        d["results"] = [asdict(r) for r in self.results]
         d["format"] = _FORMAT
         d["worst_case"] = _mask_str(self.worst_case)
         for r in d["results"]:
