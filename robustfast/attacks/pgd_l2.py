@@ -1,7 +1,8 @@
 r"""PGD in the L2 ball (Madry et al., ICLR 2018), following torchattacks' ``PGDL2`` (v3.5.1) step by step.
 
 .. math:: \hat g = \frac{\nabla_x \ell(x+\delta_t, y)}{\lVert\nabla_x \ell(x+\delta_t, y)\rVert_2 + 10^{-10}},\quad
-   \delta_{t+1} = \mathrm{clip}_{[0,1]-x}\Big(\Pi_{\lVert\cdot\rVert_2\le\epsilon}\big(\delta_t + \alpha\,\hat g\big)\Big)
+   \delta_{t+1} = \mathrm{clip}_{[0,1]-x}\Big(\Pi_{\lVert\cdot\rVert_2\le\epsilon}
+   \big(\delta_t + \alpha\,\hat g\big)\Big)
 
 Norms are per example over all non-batch dimensions. The projection rescales ``δ`` by ``min(1, ε/‖δ‖₂)``; the box
 clamp that follows only shrinks ``‖δ‖₂``. The random start is torchattacks': a Gaussian direction scaled to a radius
@@ -11,7 +12,7 @@ clamp that follows only shrinks ``‖δ‖₂``. The random start is torchattack
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
