@@ -58,6 +58,8 @@ def _one_run(
     eps_for_division: float, loss_fn: LossFn, targeted: bool, generator: Any, grad: GradFn,
 ) -> Tensor:  # fmt: skip
     delta = l2_start(x, eps, generator) if random_start else None
+    # torchattacks normalizes the gradient of the batch-*mean* loss: g/B / (‖g/B‖ + e) = g / (‖g‖ + B·e)
+    eps_for_division = eps_for_division * x.shape[0]
     if not early_stop:
         for _ in range(steps):
             d = torch.zeros_like(x) if delta is None else delta
@@ -107,7 +109,7 @@ def pgd_l2(
         steps: iterations per restart. random_start: torchattacks' start (Gaussian direction, radius ``U[0, 1]·ε``).
         restarts: runs; per example a run that succeeds wins, then the highest final loss.
         early_stop: stop updating examples that are already misclassified (hit the target when targeted).
-        eps_for_division: added to the gradient norm before dividing (torchattacks' 1e-10).
+        eps_for_division: added to the norm of the batch-mean loss's gradient before dividing (torchattacks' 1e-10).
         loss_fn: per-sample objective to ascend (default cross-entropy; targeted: minus the loss to the targets).
         generator: for the random start. grad_fn: gradient oracle (default
             :func:`~robustfast.attacks.base.loss_grad_fn`).
@@ -180,8 +182,8 @@ class PGDL2(Attack):
 
     Each step moves ``alpha`` along the per-example L2-normalized gradient (``eps_for_division=1e-10`` added to the
     norm), rescales ``δ`` into the ball, then clamps ``x + δ`` to ``[0, 1]``. torchattacks differentiates the batch
-    mean of the cross-entropy, robustfast the sum: after the normalization only ``eps_for_division`` sees the
-    difference (on gradients of norm ~1e-10).
+    mean of the cross-entropy; robustfast's oracle returns per-example gradients of the sum, so ``eps_for_division``
+    is scaled by the batch size to give torchattacks' steps exactly (it only matters for gradients of norm ~1e-10).
 
     Cost: ``steps`` forward + backward per restart. Positional order and defaults follow torchattacks:
     ``PGDL2(model, eps=1.0, alpha=0.2, steps=10, random_start=True)``. CIFAR-10 L2 benchmarks use ``eps=0.5``
