@@ -69,7 +69,7 @@ def fgsm_ckpt(
     keep = (~wrong).nonzero().squeeze(1)
     if c > 1 and keep.numel():
         d, xs, ys, n = delta[keep], x[keep], y[keep], keep.numel()
-        steps = [k * d / c for k in range(1, c)]
+        steps = [k * (d / c) for k in range(1, c)]  # official order of operations
         with torch.no_grad():
             preds = (predict or model)(torch.cat([xs + s for s in steps]))
         hit = _misclassified(preds, ys.repeat(c - 1), targeted).view(c - 1, n)
