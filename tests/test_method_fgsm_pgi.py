@@ -188,7 +188,8 @@ def _worker(rank: int, init_file: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
         g = torch.Generator().manual_seed(0)
-        ds = IndexedDataset(TensorDataset(torch.rand(40, 1, 8, 8, generator=g), torch.randint(0, 10, (40,), generator=g)))
+        x, y = torch.rand(40, 1, 8, 8, generator=g), torch.randint(0, 10, (40,), generator=g)
+        ds = IndexedDataset(TensorDataset(x, y))
         torch.manual_seed(0)
         model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Softplus(), nn.Linear(32, 10))
         atk = FGSMPGI(model, EPS, seed=rank)

@@ -80,7 +80,8 @@ def test_one_forward_and_one_backward_per_replay() -> None:
 
     model.reset()
     loader = DataLoader(TensorDataset(x, y), batch_size=4)
-    AdversarialTrainer(model, FreeAT(model, 8 / 255, m=3), val_attack=None, progress=False, verbose=False).fit(loader, 1)
+    tr = AdversarialTrainer(model, FreeAT(model, 8 / 255, m=3), val_attack=None, progress=False, verbose=False)
+    tr.fit(loader, 1)
     assert model.counts() == (6, 6, 0)  # 2 minibatches × 3 replays × (1F + 1B)
 
 

@@ -66,12 +66,19 @@ class FGSMN(Attack):
 
     * ``"clean_point"``: ``x̃`` (detached), the input the official AdvLC code treats as clean;
     * ``"clean_point_logits"``: the logits at ``x̃`` **with their graph**, when a consumer requested
-      ``"clean_logits"`` (AdvLC does), so that a regularizer honouring ``"clean_point"`` needs no extra pass.
-      They were computed by the attack's network in the attack's mode: reuse them only when the step's network
-      is that network and the modes match (as for ``ctx.clean_logits``).
+      ``"clean_logits"`` (AdvLC does), so that a regularizer honouring ``"clean_point"`` needs no extra pass;
+      ``"clean_point_net"``: the network that computed them. Reuse them only when the step's network is that
+      network (not under DDP or ``compile``) and the model's mode matches ``ctx.attack_mode``, as for
+      ``ctx.clean_logits``; otherwise run one forward at ``x̃``.
 
     ``AdvLC`` as shipped reads the clean ``x``; reproducing the paper's FGSM-N rows needs it to read
     ``ctx.extras["clean_point"]`` (see docs/methods/fgsm_n.md).
+
+    Deviation: the official ``train.py`` (commit "fgsm N") passes the precomputed gradient ``ig`` positionally into
+    the ``pert`` slot of ``pgd(...)``, so its step starts from ``x̃ + ig`` (``ig`` = the batch-mean gradient, about
+    1/B of a per-example gradient: a fraction of a percent of ε), takes a fresh gradient there (one more forward
+    and backward, in train mode) and adds ``ig`` to the perturbation. We implement the evident intent: the step at
+    ``x̃`` with the gradient of the forward whose logits AdvLC reuses (the cost the paper's Table 1 suggests).
 
     Strengthening after catastrophic overfitting: the noise grows by ε/2 per rollback, up to 2ε (towards N-FGSM's
     k = 2ε, whose paper finds stronger noise is what prevents catastrophic overfitting); AdvLC's own
@@ -110,7 +117,7 @@ class FGSMN(Attack):
             g = input_grad(self.objective(logits, y), point, retain_graph=keep)
             ctx.extras["clean_point"] = point.detach()
             if keep:
-                ctx.extras["clean_point_logits"] = logits
+                ctx.extras["clean_point_logits"], ctx.extras["clean_point_net"] = logits, ctx.model
             return g.detach()
 
         return x + fgsm_n(self.get_logits, x, y, eps=self.eps, alpha=self.alpha, noise=self.noise,
