@@ -246,7 +246,7 @@ def build_data(cfg: RunConfig, *, train: bool = True) -> RunData:
     The test split is only used for the final report, so the points the report attacks are never seen by the
     validation or the CO guard.
     """
-    from .data import holdout_split, load_digits_tensors, load_fashion_mnist_tensors, vision_dataset
+    from .data import IndexedDataset, holdout_split, load_digits_tensors, load_fashion_mnist_tensors, vision_dataset
 
     name = cfg.dataset
     n_classes, in_chans = _dataset_shape(name)
@@ -270,7 +270,8 @@ def build_data(cfg: RunConfig, *, train: bool = True) -> RunData:
         return RunData(None, None, test, n_classes, in_chans)
     n_val = _val_size(cfg, len(train_set))  # type: ignore[arg-type]
     subset, x_val, y_val = holdout_split(train_set, n_val, seed=cfg.seed, eval_dataset=plain_train)
-    loader = DataLoader(subset, batch_size=cfg.batch_size, shuffle=True,
+    # batches carry dataset indices, for methods with per-example memory (FGSM-PGI); the others ignore them
+    loader = DataLoader(IndexedDataset(subset), batch_size=cfg.batch_size, shuffle=True, drop_last=cfg.drop_last,
                         generator=torch.Generator().manual_seed(cfg.seed), **common)  # fmt: skip
     return RunData(loader, (x_val, y_val), test, n_classes, in_chans)
 
@@ -489,9 +490,12 @@ def _check_resume_checkpoint(path: Path, model: nn.Module, n_averagers: int) -> 
 def _evaluate(model: nn.Module, test: DataLoader, cfg: RunConfig, progress: bool, keep: bool = False) -> Any:
     from .evaluation import evaluate
 
-    return evaluate(model, test, cfg.eps, list(cfg.eval.attacks), n_examples=cfg.eval.n_examples,
-                    batch_size=cfg.eval.batch_size, seed=cfg.seed, progress=progress, pgd_step_size=cfg.eval.pgd_alpha,
-                    keep_adversarial=keep)  # fmt: skip
+    attacks = list(cfg.eval.attacks)
+    if cfg.norm != "Linf":  # FGSM and the L∞ AutoAttack defaults have L2 counterparts only for PGD and AutoAttack
+        attacks = [a for a in attacks if str(a).lower() != "fgsm"]
+    return evaluate(model, test, cfg.eps, attacks, n_examples=cfg.eval.n_examples, batch_size=cfg.eval.batch_size,
+                    seed=cfg.seed, progress=progress, pgd_step_size=cfg.eval.pgd_alpha, keep_adversarial=keep,
+                    norm=cfg.norm)  # fmt: skip
 
 
 def _write_report(report: Any, out: Path) -> None:
@@ -567,12 +571,15 @@ def cmd_train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
     elif resume:
         _note(f"nothing to resume in {out} (no checkpoints/last.pt): starting a new run")
     x_val, y_val = data.val
-    guard = COGuard(x_val, y_val, eps=cfg.eps, on_co=cfg.co_action) if cfg.co_guard and attack is not None else None
+    use_guard = cfg.co_guard and attack is not None and getattr(attack, "norm", "Linf") == "Linf"
+    if cfg.co_guard and attack is not None and not use_guard:
+        _note("the catastrophic-overfitting guard compares FGSM and PGD in L∞: off for this L2 run")
+    guard = COGuard(x_val, y_val, eps=cfg.eps, on_co=cfg.co_action) if use_guard else None
     trainer = AdversarialTrainer(
         model, attack, regs, criterion=criterion, plugins=plugins, lr_schedule=_schedule(cfg), lr=cfg.lr,
         momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay, eps_warmup=cfg.eps_warmup,
-        label_smoothing=cfg.label_smoothing if criterion is None else 0.0,
+        weight_decay=cfg.weight_decay, eps_warmup=cfg.eps_warmup, eps_warmup_target=cfg.eps_warmup_target,
+        attack_bn_mode=cfg.attack_bn_mode, label_smoothing=cfg.label_smoothing if criterion is None else 0.0,
         grad_clip=cfg.grad_clip, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile,
         averaging=averaging, co_guard=guard, checkpoint_dir=out / "checkpoints", log_dir=out,
         progress=progress, seed=cfg.seed, device=device,

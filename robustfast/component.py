@@ -103,6 +103,10 @@ class Component:
             else:
                 setattr(self, n, value.clone() if isinstance(value, Tensor) else copy.deepcopy(value))
 
+    def log_values(self) -> dict[str, float]:
+        """Values the trainer logs per epoch as ``<key>_<component name>`` (e.g. an adaptive weight); none here."""
+        return {}
+
     def strengthen(self) -> str | None:
         """Apply this method's response to catastrophic overfitting; returns what changed, or ``None``.
 

@@ -90,6 +90,12 @@ class RunConfig:
             with ``label_smoothing``), e.g. ``{"name": "trades", "beta": 6}``.
         plugins: list of ``{"name": ..., **kwargs}`` for :func:`robustfast.create_plugin` (e.g. AWP).
         eps_warmup: epochs of linear ε ramp (GradAlign/N-FGSM on SVHN use 5).
+        eps_warmup_target: what the ramp scales: ``all`` (ε and steps, N-FGSM's code), ``eps`` or ``step``
+            (GradAlign's code ramps only ε for PGD and only the step for FGSM).
+        attack_bn_mode: the attack's BatchNorm/dropout mode during training: ``train`` (default, the fast-AT papers'
+            code), ``eval`` (TRADES, MART, GAT, NuAT and FGSM-CKPT's official code), ``train_no_stats``, or ``null``
+            to keep the attack's own.
+        drop_last: drop the last incomplete training batch (GradAlign's and AdvLC's code do).
         amp: ``None``, ``"bf16"`` or ``"fp16"``.
         swa, ema: weight averaging settings (``{"start_epoch":…, "every":…}``, ``{"decay":…}``).
         co_guard: enable the catastrophic-overfitting guard (FGSM vs PGD accuracy on held-out points each epoch).
@@ -119,6 +125,9 @@ class RunConfig:
     loss: dict[str, Any] | None = None
     plugins: list[dict[str, Any]] = field(default_factory=list)
     eps_warmup: int = 0
+    eps_warmup_target: str = "all"
+    attack_bn_mode: str | None = "train"
+    drop_last: bool = False
     label_smoothing: float = 0.0
     grad_clip: float | None = None
     amp: str | None = None
@@ -178,11 +187,17 @@ class RunConfig:
             self.loss = {k: _maybe_fraction(v, k) for k, v in self.loss.items()}
         if self.eps < 0:
             raise RobustfastError(f"eps={self.eps:g}: eps must be >= 0 (an L∞ radius in pixel units, e.g. 8/255)")
-        if self.eps > 1:
+        if self.eps > 1 and self.norm == "Linf":
             raise RobustfastError(
                 f"eps={self.eps:g} looks like a 0-255 scale but inputs are in [0, 1]; "
                 f"did you mean eps={self.eps:g}/255?"
             )
+        if self.eps_warmup_target not in ("all", "eps", "step"):
+            raise RobustfastError(f"eps_warmup_target={self.eps_warmup_target!r}: choose all, eps or step")
+        if self.attack_bn_mode is not None:
+            from .modes import resolve_policy
+
+            resolve_policy(self.attack_bn_mode)
         name = _DATASET_ALIASES.get(str(self.dataset).lower().replace("-", "").replace("_", ""), str(self.dataset))
         if name not in DATASETS:
             close = difflib.get_close_matches(name, DATASETS, n=2)
@@ -212,6 +227,16 @@ class RunConfig:
             raise RobustfastError(f"amp={self.amp!r}: choose bf16, fp16 or leave unset")
         if self.eval.pgd_alpha is not None:
             self.eval.pgd_alpha = parse_number(self.eval.pgd_alpha, "eval.pgd_alpha")
+
+    @property
+    def norm(self) -> str:
+        """The threat model: the training attack's declared norm (``"Linf"`` for standard training)."""
+        name = str(self.attack.get("name", "none")) if isinstance(self.attack, dict) else str(self.attack)
+        if name.lower() == "none":
+            return "Linf"
+        from .attacks.base import ATTACKS
+
+        return getattr(ATTACKS.get(name), "norm", "Linf") if name in ATTACKS else "Linf"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data view (for the run's ``config.yaml``)."""

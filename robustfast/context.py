@@ -58,7 +58,9 @@ class StepContext:
         adv_point: the leaf tensor the training forward ran on, when ``"adv_grad_graph"`` was requested.
         loss: the training loss of this step (with its graph), set once the training loss is computed.
         attack_mode: the BatchNorm/dropout policy the attack's forward passes ran under.
-        extras: free-form storage for method-specific intermediates.
+        extras: method-specific intermediates. Keys read across methods: ``"clean_point"`` (another point that
+            consumers such as AdvLC treat as clean, FGSM-N's ``x̃``; with ``"clean_point_logits"`` and
+            ``"clean_point_net"``), ``"prior_point"`` (FGSM-PGI's prior perturbation point).
     """
 
     x: Tensor

@@ -178,6 +178,7 @@ class CleanCrossEntropy(TrainingLoss):
 
     def forward(self, ctx: StepContext) -> Tensor:
         """``mean_i CE(f(x_i), y_i)``."""
+        ctx.forget_stale(ctx.net())  # the attack's clean forward counts only if it ran in the model's mode
         return _mean_ce(ctx.clean_logits_graph(), ctx.y, self.label_smoothing)
 
 

@@ -16,27 +16,12 @@ from counting import PassCounter
 import robustfast as rf
 from robustfast import FGSMN
 from robustfast.config import RunConfig, load_preset
-from robustfast.modes import policy_matches
-from robustfast.regularizers.advlc import advlc_topk
 from robustfast.training import adversarial_step
 
 EPS = 0.1
 
 
-class NoisyCleanAdvLC(rf.AdvLC):
-    """The proposed AdvLC change: the "clean" logits are those at ``ctx.extras["clean_point"]`` when the attack
-    publishes one (FGSM-N's x̃), reusing the attack's ``"clean_point_logits"`` when they are valid."""
-
-    def penalty(self, model, ctx):
-        point = ctx.extras.get("clean_point")
-        if point is None:
-            return super().penalty(model, ctx)
-        za = ctx.adv_logits_graph(model)
-        zc = ctx.extras.get("clean_point_logits")
-        net = ctx.net(model)
-        if zc is None or ctx.extras.get("clean_point_net") is not net or not policy_matches(net, ctx.attack_mode):
-            zc = net(point)
-        return advlc_topk(za, zc, self.k(za.numel()))
+NoisyCleanAdvLC = rf.AdvLC  # AdvLC honours FGSM-N's published clean point (the official FGSM-N rows)
 
 
 def _batch(n: int = 8, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,9 +68,11 @@ def test_advlc_fgsm_n_rows_through_the_clean_point(smooth_model) -> None:
     grads = torch.autograd.grad(out.loss, list(smooth_model.parameters()))
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
-    # AdvLC as shipped compares with the clean x instead (not the paper's FGSM-N rows)
-    plain = adversarial_step(smooth_model, FGSMN(smooth_model, EPS, seed=0), [rf.AdvLC(lam=0.55)], x, y)
-    assert not torch.allclose(plain.loss, ref)
+    # comparing with the clean x instead (what AdvLC does after attacks without a clean point) differs
+    ctx = FGSMN(smooth_model, EPS, seed=0).craft(x, y)
+    ctx.extras.pop("clean_point")
+    plain = rf.AdvLC(lam=0.55)(smooth_model, x, y, ctx.x_adv)
+    assert not torch.allclose(F.cross_entropy(lgt_adv, y) + plain, ref)
 
 
 def _counts(regs) -> tuple[int, int, int]:
@@ -102,7 +89,12 @@ def test_pass_counts() -> None:
     assert _counts([]) == (2, 2, 0)  # as FGSM-RS
     # the official cost: AdvLC reuses the attack's forward at x̃; the final backward runs through both forwards
     assert _counts([NoisyCleanAdvLC()]) == (2, 3, 0)
-    assert _counts([rf.AdvLC()]) == (3, 3, 0)  # AdvLC as shipped: one more forward, at x
+    # after an attack that publishes no clean point, AdvLC compares with x: one more forward there
+    model = PassCounter(TinyCNN()).train()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(8, 3, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)
+    adversarial_step(model, rf.RS(model, 8 / 255, seed=0, bn_mode="train"), [rf.AdvLC()], x, y).loss.backward()
+    assert model.counts() == (3, 3, 0)
 
 
 def fgsmn_spec(model):

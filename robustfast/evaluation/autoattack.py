@@ -159,8 +159,10 @@ class AutoAttackAdapter:
         for k, v in {**set_overrides, "n_target_classes": n_target_classes}.items():
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise RobustfastError(f"{k}={v!r}: must be an integer >= 1")
-        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < float(eps) <= 1:
-            raise RobustfastError(f"eps={eps!r}: must be in (0, 1] pixel units (8/255, not 8)")
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < float(eps) < float("inf"):
+            raise RobustfastError(f"eps={eps!r}: must be a positive number in pixel units (8/255, not 8)")
+        if norm == "Linf" and eps > 1:
+            raise RobustfastError(f"eps={eps!r}: an L∞ radius must be in (0, 1] pixel units (8/255, not 8)")
         self.model, self.eps, self.norm, self.version, self.seed = model, float(eps), norm, version, seed
         self.attacks = tuple(attacks) if version == "custom" else _COMPONENTS[version]
         self.device, self.n_classes = device, n_classes

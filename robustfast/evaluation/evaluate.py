@@ -16,14 +16,14 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..attacks import FGSM, PGD, Attack
+from ..attacks import FGSM, PGD, PGDL2, Attack
 from ..errors import RobustfastError
 from ..modes import model_mode
 from ._predict import check_logits, output_width, predict
@@ -56,9 +56,17 @@ def _eps_str(eps: float) -> str:
     return f"{eps:.4g} (= {eps * 255:.3g}/255)"
 
 
-def _check_instance(spec: Attack | AutoAttackAdapter, model: nn.Module, eps: float, allow_smaller_eps: bool) -> None:
+def _check_instance(
+    spec: Attack | AutoAttackAdapter, model: nn.Module, eps: float, allow_smaller_eps: bool, norm: str = "Linf"
+) -> None:
     """An attack instance must target the evaluated model, at the evaluation's ε (smaller only when allowed)."""
     what = f"{type(spec).__name__}(eps={spec.eps:.4g})"
+    spec_norm = getattr(spec, "norm", "Linf")
+    if spec_norm != norm:
+        raise RobustfastError(
+            f"evaluate: {what} attacks in the {spec_norm} norm but the evaluation is in {norm}; pass "
+            f"norm={spec_norm!r} to evaluate, or use an attack of the {norm} threat model"
+        )
     if spec.model is not model:
         raise RobustfastError(
             f"evaluate: the attack {what} was built on another model ({type(spec.model).__name__} at "
@@ -86,6 +94,7 @@ def parse_attack(
     *,
     allow_smaller_eps: bool = False,
     pgd_step_size: float | None = None,
+    norm: str = "Linf",
 ) -> _Plan:
     """Turn an attack name (``"pgd-50-10"``, ``"pgd-50-10-official"``, ``"autoattack"``...) or instance into a plan.
 
@@ -97,15 +106,16 @@ def parse_attack(
         seed: seed of the attacks built from names (default 0).
         allow_smaller_eps: accept instances whose ``eps`` is below ``eps`` (default ``False``: refused).
         pgd_step_size: step of the named PGD attacks (default ``None``: ``eps / 4``).
+        norm: the threat model, ``"Linf"`` (default) or ``"L2"`` (named PGD attacks are then :class:`PGDL2`).
 
     Raises:
         RobustfastError: unknown name, bad PGD budget, or an instance on another model or at another ε.
     """
     if isinstance(spec, AutoAttackAdapter):
-        _check_instance(spec, model, eps, allow_smaller_eps)
+        _check_instance(spec, model, eps, allow_smaller_eps, norm)
         return _Plan(f"autoattack-{spec.version}", "autoattack", spec, spec.protocol())
     if isinstance(spec, Attack):
-        _check_instance(spec, model, eps, allow_smaller_eps)
+        _check_instance(spec, model, eps, allow_smaller_eps, norm)
         proto = {"attack": repr(spec), "eps": spec.eps, "steps": getattr(spec, "steps", 1), "seed": spec.seed}
         if hasattr(spec, "step_size"):
             proto["step_size"] = spec.step_size
@@ -116,6 +126,8 @@ def parse_attack(
     if key == "clean":
         return _Plan("clean", "clean", None, {"attack": "none", "steps": 0})
     if key == "fgsm":
+        if norm != "Linf":
+            raise RobustfastError(f"'fgsm' is an L∞ attack; under norm={norm!r} use a PGD budget such as 'pgd-20'")
         atk = FGSM(model, eps, seed=seed)
         return _Plan(key, "attack", atk, {"attack": "fgsm", "steps": 1, "step_size": eps, "random_start": False})
     m = _PGD.fullmatch(key)
@@ -125,7 +137,8 @@ def parse_attack(
             raise RobustfastError(f"{spec!r}: PGD needs steps >= 1 and restarts >= 1")
         name = (f"pgd-{steps}-{restarts}" if m.group(2) else f"pgd-{steps}") + ("-official" if official else "")
         alpha = eps / 4 if pgd_step_size is None else pgd_step_size
-        proto = {"attack": "pgd", "steps": steps, "restarts": restarts, "step_size": alpha, "seed": seed}
+        proto = {"attack": "pgd" if norm == "Linf" else "pgd-l2", "steps": steps, "restarts": restarts,
+                 "step_size": alpha, "seed": seed, "norm": norm}  # fmt: skip
         proto |= {"random_start": "uniform", "restart_seeds": "seed + restart index"}
         if official:  # the papers' code: all steps, per example the restart with the highest final loss counts
             proto["per_example"] = "no early exit; the max-loss restart counts"
@@ -134,15 +147,15 @@ def parse_attack(
         kw = {"alpha": alpha, "steps": steps, "random_start": True, "early_stop": not official}
         return _Plan(name, "pgd-official" if official else "pgd", kw, proto, restarts)
     if key in AA_ATTACKS:
-        adapter = AutoAttackAdapter(model, eps, version="custom", attacks=[key], seed=seed)
+        adapter = AutoAttackAdapter(model, eps, norm=norm, version="custom", attacks=[key], seed=seed)
         return _Plan(key, "autoattack", adapter, adapter.protocol())
     if key in _AA_VERSIONS:
-        adapter = AutoAttackAdapter(model, eps, version=_AA_VERSIONS[key], seed=seed)
+        adapter = AutoAttackAdapter(model, eps, norm=norm, version=_AA_VERSIONS[key], seed=seed)
         return _Plan(key, "autoattack", adapter, adapter.protocol())
     raise RobustfastError(f"unknown attack {spec!r}; use {_FORMS}")
 
 
-def _check_eps(eps: Any) -> float:
+def _check_eps(eps: Any, norm: str = "Linf") -> float:
     """ε as a float in (0, 1]; the same messages as the attacks' (no silent /255)."""
     if isinstance(eps, Tensor) and eps.numel() == 1 and not eps.dtype.is_complex:
         eps = eps.item()
@@ -152,7 +165,7 @@ def _check_eps(eps: Any) -> float:
         raise RobustfastError(f"evaluate(eps={eps:g}): eps must be >= 0 (an L∞ radius in pixel units, e.g. 8/255)")
     if eps == 0:
         raise RobustfastError("evaluate(eps=0): eps must be > 0 (an L∞ radius in pixel units, e.g. 8/255)")
-    if eps > 1:
+    if eps > 1 and norm == "Linf":
         raise RobustfastError(
             f"evaluate(eps={eps:g}): eps={eps:g} looks like a 0-255 scale but inputs are in [0, 1]; "
             f"did you mean eps={eps:g}/255?"
@@ -244,9 +257,11 @@ def _run_plan(
     return _run_pgd(plan, model, x, y, correct, bs, dev, eps, bar, keep)
 
 
-def _check_ball(name: str, x_adv: Tensor, x: Tensor, eps: float) -> None:
-    if (x_adv - x).abs().amax() > eps + 1e-5:
-        raise RobustfastError(f"{name}: perturbation larger than eps={eps:.4g}")
+def _check_ball(name: str, x_adv: Tensor, x: Tensor, eps: float, norm: str = "Linf") -> None:
+    d = (x_adv - x).flatten(1)
+    size = d.abs().amax() if norm == "Linf" else d.norm(dim=1).amax()
+    if size > eps * (1 + 1e-5) + 1e-5:
+        raise RobustfastError(f"{name}: perturbation larger than eps={eps:.4g} in the {norm} norm")
 
 
 def _run_attack(
@@ -261,7 +276,7 @@ def _run_attack(
         j = idx[i : i + bs]
         xb, yb = x[j].to(dev), y[j].to(dev)
         x_adv = plan.obj(xb, yb)
-        _check_ball(plan.name, x_adv, xb, eps)
+        _check_ball(plan.name, x_adv, xb, eps, plan.protocol.get("norm", "Linf"))
         robust[j] = predict(model, x_adv, bs, dev).to(robust.device) == y[j]
         if kept is not None:
             kept[j.cpu()] = x_adv.detach().to("cpu", kept.dtype)
@@ -288,12 +303,13 @@ def _run_pgd(
     best_loss = torch.full((x.shape[0],), -math.inf, device=correct.device)
     best_ok = correct.clone()
     for r in range(plan.restarts):
-        atk = PGD(model, eps, seed=None if seed is None else seed + r, **plan.obj)
+        cls = PGDL2 if plan.protocol.get("norm") == "L2" else PGD
+        atk = cls(model, eps, seed=None if seed is None else seed + r, **plan.obj)
         for i in range(0, idx.numel(), bs):
             j = idx[i : i + bs]
             xb, yb = x[j].to(dev), y[j].to(dev)
             x_adv = atk(xb, yb)
-            _check_ball(plan.name, x_adv, xb, eps)
+            _check_ball(plan.name, x_adv, xb, eps, plan.protocol.get("norm", "Linf"))
             with torch.no_grad():
                 logits = check_logits(model(x_adv), x_adv.shape[0]).float()
             ok = (logits.argmax(1) == yb).to(robust.device)
@@ -327,6 +343,7 @@ def evaluate(
     keep_adversarial: bool = False,
     allow_smaller_eps: bool = False,
     pgd_step_size: float | None = None,
+    norm: Literal["Linf", "L2"] = "Linf",
 ) -> EvaluationReport:
     """Accuracy of ``model`` under each attack of a list, the per-example worst case, and the exact protocol.
 
@@ -334,7 +351,8 @@ def evaluate(
         model: classifier on ``[0, 1]`` inputs returning ``(N, C)`` logits (a tuple or dict output is an error: wrap
             the model); runs in eval mode, flags restored.
         data: a DataLoader of ``(x, y)`` batches, or an ``(x, y)`` pair of tensors; NaN/inf inputs are an error.
-        eps: L∞ radius in pixel units (``8/255``), in ``(0, 1]``; ``8`` is an error that suggests ``8/255``.
+        eps: radius in pixel units: L∞ ``8/255`` in ``(0, 1]`` (``8`` is an error that suggests ``8/255``); under
+            ``norm="L2"`` any positive L2 radius (e.g. 0.5).
         attacks: names (``"clean"``, ``"fgsm"``, ``"pgd-20"``, ``"pgd-50-10"``, ``"pgd-50-10-official"``,
             ``"apgd-ce"``, ``"apgd-t"``, ``"fab-t"``, ``"square"``, ``"autoattack"``, ``"autoattack-plus"``,
             ``"autoattack-rand"``) or :class:`~robustfast.Attack` / :class:`AutoAttackAdapter` instances built on
@@ -351,6 +369,9 @@ def evaluate(
             they overstate robustness); the report shows each attack's ε either way.
         pgd_step_size: step size of the named PGD attacks (default ``None``: ``eps / 4``, GradAlign/AdvLC; ZeroGrad
             and SEAT evaluate with ``2/255``).
+        norm: the threat model: ``"Linf"`` (default) or ``"L2"`` (named PGD attacks become
+            :class:`~robustfast.PGDL2`, AutoAttack runs with ``norm="L2"``, ``"fgsm"`` is refused, and attack instances
+            must declare the same norm).
 
     Returns:
         An :class:`EvaluationReport` (``report.accuracy``, ``report.worst_case_accuracy``, ``to_markdown()``).
@@ -360,7 +381,9 @@ def evaluate(
             that does not return ``(N, C)`` logits.
     """
     t0 = time.perf_counter()
-    eps = _check_eps(eps)
+    if norm not in ("Linf", "L2"):
+        raise RobustfastError(f"evaluate(norm={norm!r}): choose 'Linf' or 'L2'")
+    eps = _check_eps(eps, norm)
     if not isinstance(model, nn.Module):
         raise RobustfastError(f"evaluate: model must be an nn.Module, got {type(model).__name__}")
     if isinstance(attacks, (str, Attack, AutoAttackAdapter)):
@@ -377,7 +400,7 @@ def evaluate(
         ):
             raise RobustfastError(f"pgd_step_size={pgd_step_size!r}: must be in (0, eps={eps:.4g}]")
         pgd_step_size = float(pgd_step_size)
-    kw = {"allow_smaller_eps": allow_smaller_eps, "pgd_step_size": pgd_step_size}
+    kw = {"allow_smaller_eps": allow_smaller_eps, "pgd_step_size": pgd_step_size, "norm": norm}
     plans = [parse_attack(a, model, eps, seed, **kw) for a in attacks]
     seen: dict[str, int] = {}
     for i, p in enumerate(plans):  # make names unique: "pgd-20", "pgd-20#2"
@@ -413,7 +436,7 @@ def evaluate(
     for r in results:
         worst &= torch.tensor(r.robust)
     elapsed = time.perf_counter() - t0
-    meta = _meta(model, dev, batch_size)
+    meta = {**_meta(model, dev, batch_size), "norm": norm}
     return EvaluationReport(
         tuple(results), eps, x.shape[0], seed, tuple(worst.tolist()), elapsed, meta,
         adversarial=adversarial if keep_adversarial else None, labels=y.detach().cpu() if keep_adversarial else None,

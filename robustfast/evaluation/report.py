@@ -144,10 +144,15 @@ class EvaluationReport:
         return torch.tensor(self.worst_case if name is None else self[name].robust, dtype=torch.bool)
 
     # ------------------------------------------------------------------ formatting
+    def _radius(self, eps: float) -> str:
+        """``8/255`` for L∞ radii, the plain number with its norm for L2 ones."""
+        norm = (self.meta or {}).get("norm", "Linf")
+        return _px(eps) if norm == "Linf" else f"{eps:.4g} (L2)"
+
     def to_markdown(self) -> str:
         """Markdown: a table (attack, ε, steps, accuracy, cumulative, short protocol, time), then full protocols."""
         lines = [
-            f"Evaluation at eps = {_px(self.eps)} on {self.n_examples} points (seed {self.seed})",
+            f"Evaluation at eps = {self._radius(self.eps)} on {self.n_examples} points (seed {self.seed})",
             "",
             "| attack | ε | steps | accuracy (%) | cumulative (%) | protocol | time (s) |",
             "|---|---|---:|---:|---:|---|---:|",
@@ -155,7 +160,7 @@ class EvaluationReport:
         cum = self.cumulative
         for r in self.results:
             p = r.protocol
-            eps = "–" if p.get("attack") == "none" else _px(float(p.get("eps", self.eps)))
+            eps = "–" if p.get("attack") == "none" else self._radius(float(p.get("eps", self.eps)))
             steps = p.get("steps", p.get("n_iter", ""))
             lines.append(
                 f"| {r.name} | {eps} | {steps} | {100 * r.accuracy:.2f} | {100 * cum[r.name]:.2f} | "

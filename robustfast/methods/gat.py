@@ -161,6 +161,10 @@ class _EpochLam:
         """Trainer hook: the epoch (0-indexed) sets λ."""
         self._epoch = int(epoch)
 
+    def log_values(self) -> dict[str, float]:
+        """λ of the current epoch, logged per epoch by the trainer."""
+        return {"lam": self.current_lam}
+
     def _strengthen(self) -> str | None:
         """Catastrophic overfitting: double λ (a stronger pull towards the clean prediction)."""
         if self.lam <= 0:

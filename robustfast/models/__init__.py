@@ -36,6 +36,7 @@ from .preact_resnet import (
     preact_resnet18_wong,
     preact_resnet18_zerograd,
 )
+from .resnet import BasicBlock, ResNet, resnet18_cifar
 from .small_cnn import SmallCNN, small_cnn
 from .wide_resnet import (
     WideBasicBlock,
@@ -60,10 +61,12 @@ __all__ = [
     "NORMALIZE_STATS",
     "PREACT_ALIASES",
     "PREACT_VARIANTS",
+    "BasicBlock",
     "Normalize",
     "PreActBlock",
     "PreActResNet",
     "PreActVariant",
+    "ResNet",
     "SmallCNN",
     "WideBasicBlock",
     "WideResNet",
@@ -75,6 +78,7 @@ __all__ = [
     "preact_resnet18_wong",
     "preact_resnet18_zerograd",
     "register_model",
+    "resnet18_cifar",
     "resolve_normalize",
     "small_cnn",
     "wrn_16_4",

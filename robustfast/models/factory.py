@@ -113,6 +113,8 @@ def create(
 
         net = create_timm(name[len(_TIMM_PREFIX) :], num_classes, in_chans, pretrained=use_hub, **kwargs)
     else:
+        if name not in MODELS:
+            _unknown_model(name)
         entry = MODELS.get(name)
         if use_hub:
             raise RobustfastError(
@@ -125,6 +127,22 @@ def create(
     if checkpoint is not None:
         load_weights(model, checkpoint)
     return model
+
+
+def _unknown_model(name: str) -> None:
+    """Raise for an unknown name, pointing to ``timm:<name>`` when timm has such a model."""
+    hint = ""
+    try:
+        import timm
+
+        if timm.list_models(name) or timm.list_models(name.replace("-", "_")):
+            hint = f" timm has a model of that name: use 'timm:{name}' (ImageNet-style, for 224×224 inputs)."
+    except Exception:  # pragma: no cover - timm missing
+        pass
+    try:
+        MODELS.get(name)
+    except RobustfastError as e:
+        raise RobustfastError(f"{e}{hint}") from None
 
 
 def _check_kwargs(entry: Callable[..., nn.Module], kwargs: Mapping[str, Any], name: str) -> None:

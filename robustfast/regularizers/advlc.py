@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from ..context import StepContext
 from ..errors import RobustfastError
 from ..losses import at_least_fp32
+from ..modes import policy_matches
 from .base import Regularizer, register_regularizer
 
 __all__ = ["AdvLC", "advlc_topk"]
@@ -44,8 +45,9 @@ class AdvLC(Regularizer):
         top_n: absolute N instead of a fraction (capped at ``B·C``).
 
     Note:
-        The reference code's FGSM-N base attack feeds a noise-augmented ``x̃`` as the "clean" input; here the
-        clean input is always ``x`` as passed.
+        The reference code's FGSM-N base attack feeds a noise-augmented ``x̃`` as the "clean" input; with
+        :class:`~robustfast.FGSMN`, which publishes ``x̃`` as ``ctx.extras["clean_point"]``, so does this
+        regularizer (the paper's FGSM-N rows); after any other attack the clean input is ``x``.
     """
 
     requests = frozenset({"clean_logits"})
@@ -66,7 +68,19 @@ class AdvLC(Regularizer):
         return max(1, min(n_entries, math.floor(self.top_frac * n_entries + 1e-9)))
 
     def penalty(self, model: nn.Module, ctx: StepContext) -> Tensor:
-        """Sum of the top-N ``|z(x_adv) − z(x)|`` over the batch's logits, divided by the batch size."""
+        """Sum of the top-N ``|z(x_adv) − z(x)|`` over the batch's logits, divided by the batch size.
+
+        When the attack publishes another "clean" point in ``ctx.extras["clean_point"]`` (FGSM-N's noise-augmented
+        ``x̃``, which the official code compares with), the logits there are used: the attack's own
+        (``"clean_point_logits"``) when they were computed by the step's network in the model's current mode, else
+        one forward here.
+        """
         za = ctx.adv_logits_graph(model)
-        zc = ctx.clean_logits_graph(model)
+        point = ctx.extras.get("clean_point")
+        if point is None:
+            return advlc_topk(za, ctx.clean_logits_graph(model), self.k(za.numel()))
+        net = ctx.net(model)
+        zc = ctx.extras.get("clean_point_logits")
+        if zc is None or ctx.extras.get("clean_point_net") is not net or not policy_matches(net, ctx.attack_mode):
+            zc = net(point)
         return advlc_topk(za, zc, self.k(za.numel()))

@@ -176,6 +176,10 @@ class Regularizer(Component):
         """The unweighted penalty (scalar tensor)."""
         raise NotImplementedError
 
+    def log_values(self) -> dict[str, float]:
+        """λ (adaptive for ELLE-A, raised by strengthening), logged per epoch as ``lam_<name>``."""
+        return {"lam": self.lam}
+
     def _strengthen(self) -> str | None:
         """After catastrophic overfitting: double λ (a penalty at 0 starts at 0.1)."""
         old = self.lam

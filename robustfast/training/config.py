@@ -121,6 +121,11 @@ def check_trainer_args(a: dict[str, Any]) -> None:
         raise RobustfastError("AdversarialTrainer(averaging=...): pass EMA(...) / SWA(...) instances")
     if a["co_guard"] is not None and not isinstance(a["co_guard"], COGuard):
         raise RobustfastError("AdversarialTrainer(co_guard=...): pass a COGuard(x_heldout, y_heldout, ...)")
+    if a["co_guard"] is not None and attack is not None and getattr(attack, "norm", "Linf") != "Linf":
+        raise RobustfastError(
+            f"AdversarialTrainer(co_guard=...): the guard compares FGSM and PGD accuracy in L∞, but "
+            f"{type(attack).__name__} trains in the {attack.norm} norm; drop the guard for this run"
+        )
     va = a["val_attack"]
     if va != "pgd" and va is not None and (not isinstance(va, Attack) or va.model is not model):
         raise RobustfastError("AdversarialTrainer(val_attack=...): 'pgd', None, or an Attack built on the model")

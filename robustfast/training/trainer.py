@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.hooks import RemovableHandle
 
-from ..attacks import PGD
+from ..attacks import PGD, PGDL2
 from ..attacks.base import Attack
 from ..component import Component
 from ..context import StepContext
@@ -95,8 +95,8 @@ class AdversarialTrainer:
             donated buffers, since the step reuses graphs.
         averaging: :class:`EMA` / :class:`SWA` instances (evaluated next to the model, saved in checkpoints).
         co_guard: a :class:`COGuard` (catastrophic-overfitting detection, rolling back and strengthening).
-        val_attack: attack for validation: ``"pgd"`` (default: PGD-10, α = ε/4, seeded random start),
-            an :class:`Attack` on ``model``, or ``None`` (clean accuracy only).
+        val_attack: attack for validation: ``"pgd"`` (default: PGD-10 in the attack's norm, α = ε/4, seeded random
+            start), an :class:`Attack` on ``model``, or ``None`` (clean accuracy only).
         callbacks: duck-typed objects with hook methods (see :mod:`~robustfast.training.callbacks`).
         checkpoint_dir: save ``last.pt`` there atomically after every epoch (rank 0), for ``fit(resume=True)``.
         log_dir: write ``history.json`` and ``history.csv`` there after every epoch (rank 0).
@@ -166,7 +166,8 @@ class AdversarialTrainer:
         self.co_guard = co_guard
         if val_attack == "pgd":
             eps = attack.eps if attack is not None else 8 / 255
-            val_attack = PGD(model, eps, alpha=eps / 4, steps=10, seed=0, bn_mode="eval")
+            cls = PGDL2 if getattr(attack, "norm", "Linf") == "L2" else PGD
+            val_attack = cls(model, eps, alpha=eps / 4, steps=10, seed=0, bn_mode="eval")
         self.val_attack = val_attack
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.log_dir = Path(log_dir) if log_dir is not None else None
@@ -297,10 +298,9 @@ class AdversarialTrainer:
         if self.device.type == "cuda":
             record["max_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         record.update({f"train_{k}": v / count for k, v in zip(pens, pen_sums)})
-        for c in self.components:  # adaptive weights (e.g. ELLE-A's λ) are logged as they are now
-            lam = getattr(c, "lam", None)
-            if isinstance(c, Regularizer) and isinstance(lam, float):
-                record[f"lam_{c.name}"] = lam
+        for c in self.components:  # what each part logs (e.g. ELLE-A's adaptive λ), as it is now
+            name = getattr(c, "name", type(c).__name__.lower())
+            record.update({f"{k}_{name}": float(v) for k, v in c.log_values().items()})
         return record, co_mid
 
     def _train_step(self, x: Tensor, y: Tensor, index: Tensor | None, t: float, epochs: int) -> StepOutput:
