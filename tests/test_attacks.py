@@ -50,6 +50,14 @@ def test_perturbation_inside_eps_ball(name, model, batch) -> None:
     assert (x_adv - x).abs().max() <= EPS + 1e-6
 
 
+@pytest.mark.parametrize("name", [a for a in ALL if rf.attacks.ATTACKS.get(a).norm == "L2"])
+def test_perturbation_inside_l2_ball(name, model, batch) -> None:
+    x, y = batch
+    atk = make(name, model)
+    x_adv = atk(x, y)
+    assert (x_adv - x).flatten(1).norm(dim=1).max() <= atk.eps + 1e-5
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_works_under_no_grad(name, model, batch) -> None:
     x, y = batch

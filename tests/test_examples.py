@@ -10,15 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from robustfast.data import FASHION_MNIST_DIR
-
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-needs_fmnist = pytest.mark.skipif(
-    not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST files not installed"
-)
+needs_fmnist = pytest.mark.usefixtures("fashion_mnist")  # the one skip rule (tests/conftest.py)
 
 
 def _run(args: list[str], cwd: Path, timeout: float = 300) -> str:

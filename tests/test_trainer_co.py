@@ -37,7 +37,7 @@ def _run(method: str, epochs: int = 3) -> list[dict]:
     return tr.fit(data, epochs)
 
 
-def test_co_guard_fires_on_fgsm_not_on_nfgsm():
+def test_co_guard_fires_on_fgsm_not_on_nfgsm(fashion_mnist):
     fgsm, nfgsm = _run("fgsm"), _run("nfgsm")
     assert fgsm["co"][-1] and sum(fgsm["co"]) >= 1, fgsm
     assert fgsm["co_pgd_acc"][-1] < 0.15 and fgsm["co_fgsm_acc"][-1] - fgsm["co_pgd_acc"][-1] > 0.3

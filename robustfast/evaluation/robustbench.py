@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 from ..errors import RobustfastError
 from ..modes import model_mode
-from .autoattack import AutoAttackAdapter, predict
+from ._predict import predict
+from .autoattack import AutoAttackAdapter
 from .report import AttackResult, EvaluationReport
 
 __all__ = [
