@@ -34,11 +34,11 @@ from typing import Any
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
-import _protocol as P  # noqa: E402
-from _timing import machine  # noqa: E402
+import _protocol as P
+from _timing import machine
 
-import robustfast as rf  # noqa: E402
-from robustfast.training import AdversarialTrainer  # noqa: E402
+import robustfast as rf
+from robustfast.training import AdversarialTrainer
 
 Recipe = Callable[[torch.nn.Module, float, int], dict[str, Any]]
 
@@ -264,9 +264,10 @@ def main(argv: list[str] | None = None) -> None:
         for m in methods:
             for seed in args.seeds:
                 aa = args.aa if args.aa_seeds is None or seed in args.aa_seeds else "none"
-                jobs.append({"dataset": ds, "eps": float(eps), "method": m, "seed": seed, "aa": aa,
-                             "epochs": args.digits_epochs if ds == "digits" else args.epochs, "n_train": args.n_train,
-                             "downsample": args.downsample if ds != "digits" else 1, "n_eval": args.n_eval})  # fmt: skip
+                epochs = args.digits_epochs if ds == "digits" else args.epochs
+                down = args.downsample if ds != "digits" else 1
+                jobs.append({"dataset": ds, "eps": float(eps), "method": m, "seed": seed, "aa": aa, "epochs": epochs,
+                             "n_train": args.n_train, "downsample": down, "n_eval": args.n_eval})  # fmt: skip
     cache = args.out.parent / f"{args.out.name}_runs" if args.out else None
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
@@ -293,11 +294,12 @@ def main(argv: list[str] | None = None) -> None:
     rows = summarize(runs)
     text = table(rows)
     cmd = " ".join(argv if argv is not None else sys.argv[1:])
+    side = 28 // args.downsample
     meta = (f"Command: `python benchmarks/quality.py {cmd}`; machine: {machine()} (one torch thread per worker, "
-            f"{args.workers} workers); date: {datetime.date.today()}; {time.perf_counter() - t0:.0f} s for the runs not "
-            f"cached. Fashion-MNIST {28 // args.downsample}×{28 // args.downsample}, {args.n_train} training images, "
-            f"{args.epochs} epochs; digits 8×8, 1,347 training images, {args.digits_epochs} epochs; final evaluation on "
-            f"the first {args.n_eval} test points (digits: all 450); AutoAttack: {args.aa}.")  # fmt: skip
+            f"{args.workers} workers); date: {datetime.date.today()}; {time.perf_counter() - t0:.0f} s for the runs "
+            f"not cached. Fashion-MNIST {side}×{side}, {args.n_train} training images, {args.epochs} epochs; digits "
+            f"8×8, 1,347 training images, {args.digits_epochs} epochs; final evaluation on the first {args.n_eval} "
+            f"test points (digits: all 450); AutoAttack: {args.aa}.")  # fmt: skip
     print("\n" + text + "\n\n" + meta)
     if args.out is not None:
         args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
