@@ -30,13 +30,14 @@ BATCH = 128
 PEAK_LR = 3e-3
 
 
-def cnn(side: int) -> nn.Module:
-    """The benchmark CNN for ``side × side`` grey images (28, 14 or 8)."""
-    feat = 32 * (side // 4) ** 2
+def cnn(side: int, widths: tuple[int, int, int] = (16, 32, 100)) -> nn.Module:
+    """The benchmark CNN for ``side × side`` grey images (28, 14 or 8): two 3×3 conv layers (``widths[:2]``
+    channels, each followed by ReLU and 2×2 max-pool) and a hidden layer of ``widths[2]`` units."""
+    c1, c2, hidden = widths
     return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(feat, 100), nn.ReLU(), nn.Linear(100, 10),
+        nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(c2 * (side // 4) ** 2, hidden), nn.ReLU(), nn.Linear(hidden, 10),
     )  # fmt: skip
 
 

@@ -1,15 +1,15 @@
 """Quality on public offline data: clean / PGD-50-10 / AutoAttack accuracy, CO incidence and cost of every method.
 
-Protocol (``_protocol.py``): Fashion-MNIST average-pooled to 14×14 (``--downsample 2``; a fixed random subset of
-``--n-train`` training images) and scikit-learn's digits (8×8, all 1,347 training images); the 2-conv CNN (16/32
-channels, a 100-unit hidden layer); Adam with a one-cycle learning rate peaking at 3e-3 at 40% of training; batch
+Protocol (``_protocol.py``): Fashion-MNIST 28×28 (a fixed random subset of ``--n-train`` training images; ``--downsample
+2`` average-pools to 14×14) and scikit-learn's digits (8×8, all 1,347 training images minus 256 held out); the 2-conv
+CNN (16/32 channels, a 100-unit hidden layer); Adam with a one-cycle learning rate peaking at 3e-3 at 40% of training; batch
 128; attacks in train mode; every method trained by ``AdversarialTrainer`` from the same seed. Each method keeps its
 paper's hyper-parameters as multiples of ε (see ``RECIPES``); λ-type weights that the papers tune per dataset are
 given once here for these datasets and ε and stated in the docs.
 
 Per run: the final model's clean accuracy, PGD-50-10 (step ε/4, uniform starts, the per-example worst case) and
 AutoAttack (``--aa``: ``lite`` = APGD-CE + APGD-T with 3 target classes, 1 restart, 100 iterations each; or the
-``standard`` version) on the first ``--n-eval`` test points; the test PGD-10 accuracy on 200 points after every
+``standard`` version; ``--aa-seeds`` limits it to some seeds) on the first ``--n-eval`` test points; PGD-20 too; the test PGD-10 accuracy on 200 points after every
 epoch (the curves); the training cost in CPU seconds of the training process (one torch thread), divided by
 standard training's at the same setting and seed. A run *collapsed* (catastrophic overfitting) when its per-epoch
 PGD-10 accuracy fell below half of its best earlier epoch's.
@@ -91,7 +91,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     data = P.load(job["dataset"], job["n_train"], job["n_eval"], 256, job["downsample"])
     torch.manual_seed(job["seed"])
-    model = P.cnn(data["x"].shape[-1])
+    model = P.cnn(data["x"].shape[-1], tuple(job.get("widths", (16, 32, 100))))
     eps, seed = job["eps"], job["seed"]
     parts = RECIPES[job["method"]][0](model, eps, seed)
     curve: list[float] = []
@@ -110,7 +110,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     t0 = time.process_time()
     tr.fit(P.loader(data, seed), epochs)
     cpu = time.process_time() - t0
-    attacks: list[Any] = ["clean", "pgd-50-10"]
+    attacks: list[Any] = ["clean", "pgd-20", "pgd-50-10"]
     if job["aa"] == "standard":
         attacks.append("autoattack")
     elif job["aa"] == "lite":
@@ -118,7 +118,8 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
                                                        n_restarts=1, n_target_classes=3, seed=0))  # fmt: skip
     rep = rf.evaluate(model, (data["xt"], data["yt"]), eps, attacks, seed=0, progress=False)
     acc = dict(rep.accuracy)
-    return {**job, "epochs_run": epochs, "cpu_seconds": cpu, "clean": acc["clean"], "pgd50": acc["pgd-50-10"],
+    return {**job, "epochs_run": epochs, "cpu_seconds": cpu, "clean": acc["clean"], "pgd20": acc["pgd-20"],
+            "pgd50": acc["pgd-50-10"],
             "aa": next((v for k, v in acc.items() if k.startswith("autoattack") or k.startswith("apgd")), None),
             "worst": rep.worst_case_accuracy, "curve": curve,
             "lam": [h.get(k) for h in tr.history for k in h if k.startswith("lam_")]}  # fmt: skip
@@ -245,9 +246,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--methods", nargs="+", default=None, help="default: every method available")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--n-train", type=int, default=4000, help="Fashion-MNIST training images")
-    p.add_argument("--downsample", type=int, default=2, help="Fashion-MNIST average-pooling factor (2: 14x14)")
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--digits-epochs", type=int, default=15)
+    p.add_argument("--downsample", type=int, default=1, help="Fashion-MNIST average-pooling factor (2: 14x14)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--digits-epochs", type=int, default=20)
     p.add_argument("--n-eval", type=int, default=1000, help="test points of the final evaluation")
     p.add_argument("--aa", choices=["lite", "standard", "none"], default="lite")
     p.add_argument("--aa-seeds", type=int, nargs="*", default=None, help="seeds evaluated with AutoAttack (all)")
