@@ -1,18 +1,18 @@
-"""Quality on public offline data: clean / PGD-50-10 / AutoAttack accuracy, CO incidence and cost of every method.
+"""Quality on public offline data: clean / PGD / AutoAttack accuracy, CO incidence and cost of every method.
 
-Protocol (``_protocol.py``): Fashion-MNIST 28×28 (a fixed random subset of ``--n-train`` training images; ``--downsample
-2`` average-pools to 14×14) and scikit-learn's digits (8×8, all 1,347 training images minus 256 held out); the 2-conv
-CNN (16/32 channels, a 100-unit hidden layer); Adam with a one-cycle learning rate peaking at 3e-3 at 40% of training; batch
-128; attacks in train mode; every method trained by ``AdversarialTrainer`` from the same seed. Each method keeps its
-paper's hyper-parameters as multiples of ε (see ``RECIPES``); λ-type weights that the papers tune per dataset are
-given once here for these datasets and ε and stated in the docs.
+Protocol (``_protocol.py``): Fashion-MNIST 28×28 (a fixed random subset of ``--n-train`` training images;
+``--downsample 2`` average-pools to 14×14) and scikit-learn's digits (8×8, the 1,347 training images minus 256 held
+out); the 2-conv CNN (16/32 channels, a 100-unit hidden layer); Adam with a one-cycle learning rate peaking at 3e-3
+at 40% of training; batch 128; attacks in train mode; every method trained by ``AdversarialTrainer`` from the same
+seed. Each method keeps its paper's hyper-parameters as multiples of ε (see ``RECIPES``); λ-type weights that the
+papers tune per dataset are given once here for these datasets and stated in the docs.
 
-Per run: the final model's clean accuracy, PGD-50-10 (step ε/4, uniform starts, the per-example worst case) and
-AutoAttack (``--aa``: ``lite`` = APGD-CE + APGD-T with 3 target classes, 1 restart, 100 iterations each; or the
-``standard`` version; ``--aa-seeds`` limits it to some seeds) on the first ``--n-eval`` test points; PGD-20 too; the test PGD-10 accuracy on 200 points after every
-epoch (the curves); the training cost in CPU seconds of the training process (one torch thread), divided by
-standard training's at the same setting and seed. A run *collapsed* (catastrophic overfitting) when its per-epoch
-PGD-10 accuracy fell below half of its best earlier epoch's.
+Per run: the final model's clean accuracy, PGD-20 and PGD-50-10 (step ε/4, uniform starts, the per-example worst
+case) and AutoAttack (``--aa``: ``lite`` = APGD-CE + APGD-T with 3 target classes, 1 restart, 100 iterations each; or
+the ``standard`` version; ``--aa-seeds`` limits it to some seeds) on the first ``--n-eval`` test points; the test
+PGD-10 accuracy on 200 points after every epoch (the curves); the training cost in CPU seconds of the training
+process (one torch thread), divided by standard training's at the same setting and seed. A run *collapsed*
+(catastrophic overfitting) when its per-epoch PGD-10 accuracy fell below half of its best earlier epoch's.
 
     python benchmarks/quality.py --quick                           # CI: digits, 1 seed, 2 epochs, 3 methods
     python benchmarks/quality.py --workers 2 --out docs/benchmarks/quality     # the full run
