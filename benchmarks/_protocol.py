@@ -93,3 +93,14 @@ def pgd_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
 
 
 MethodParts = Callable[[nn.Module, float, int], dict[str, Any]]
+
+
+def collapsed(curve: list[float]) -> bool:
+    """Catastrophic overfitting of a run: its per-epoch PGD accuracy fell below half of its best earlier epoch's
+    (a collapse from at least 10%)."""
+    best = 0.0
+    for v in curve:
+        if best > 0.1 and v < 0.5 * best:
+            return True
+        best = max(best, v)
+    return False

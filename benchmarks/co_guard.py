@@ -90,16 +90,6 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
             "guard": [(h.get("co_fgsm_acc"), h.get("co_pgd_acc"), bool(h.get("co"))) for h in hist]}  # fmt: skip
 
 
-def collapsed(curve: list[float]) -> bool:
-    """Test PGD accuracy fell below half of its best earlier epoch's."""
-    best = 0.0
-    for v in curve:
-        if best > 0.1 and v < 0.5 * best:
-            return True
-        best = max(best, v)
-    return False
-
-
 def summarize(runs: list[dict[str, Any]]) -> str:
     groups: dict[tuple, dict[str, list[dict]]] = {}
     for r in runs:
@@ -121,8 +111,8 @@ def summarize(runs: list[dict[str, Any]]) -> str:
 
         gap = min(g["pgd20"] - max(g["curve"] or [g["pgd20"]]) for g in guarded)
         lines.append(
-            f"| {ds} | {eps:g} | {method} | {len(flag)} | {sum(collapsed(r['curve']) for r in flag)} "
-            f"| {sum(r['flags'] > 0 for r in flag)} | {sum(collapsed(g['curve']) for g in guarded)} "
+            f"| {ds} | {eps:g} | {method} | {len(flag)} | {sum(P.collapsed(r['curve']) for r in flag)} "
+            f"| {sum(r['flags'] > 0 for r in flag)} | {sum(P.collapsed(g['curve']) for g in guarded)} "
             f"| {statistics.fmean(g['rollbacks'] for g in guarded):.1f} | {ms([r['pgd20'] for r in flag])} "
             f"| {ms([max(r['curve']) for r in flag])} | {ms([g['pgd20'] for g in guarded])} | {100 * gap:+.1f} |"
         )

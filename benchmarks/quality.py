@@ -125,16 +125,6 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
             "lam": [h.get(k) for h in tr.history for k in h if k.startswith("lam_")]}  # fmt: skip
 
 
-def collapsed(curve: list[float]) -> bool:
-    """PGD accuracy fell below half of its best earlier epoch's (a collapse from at least 10%)."""
-    best = 0.0
-    for v in curve:
-        if best > 0.1 and v < 0.5 * best:
-            return True
-        best = max(best, v)
-    return False
-
-
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (dataset, ε, method): mean ± std over seeds, collapses, cost relative to standard training."""
     std_cpu = {(r["dataset"], r["eps"], r["seed"]): r["cpu_seconds"] for r in runs if r["method"] == "Standard"}
@@ -151,10 +141,10 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
 
         costs = [r["cpu_seconds"] / std_cpu[(ds, eps, r["seed"])] for r in rs if (ds, eps, r["seed"]) in std_cpu]
+        aa_seeds = sum(r.get("aa") is not None for r in rs)
         rows.append({"dataset": ds, "eps": eps, "method": method, "seeds": len(rs), "clean": ms("clean"),
-                     "pgd50": ms("pgd50"), "aa": ms("aa"), "aa_seeds": sum(r.get("aa") is not None for r in rs),
-                     "collapsed": sum(collapsed(r["curve"]) for r in rs),
-                     "cost": ms_list(costs)})  # fmt: skip
+                     "pgd20": ms("pgd20"), "pgd50": ms("pgd50"), "aa": ms("aa"), "aa_seeds": aa_seeds,
+                     "collapsed": sum(P.collapsed(r["curve"]) for r in rs), "cost": ms_list(costs)})  # fmt: skip
     order = {m: i for i, m in enumerate(RECIPES)}
     rows.sort(key=lambda r: (r["dataset"], r["eps"], order.get(r["method"], 99)))
     return rows
@@ -173,11 +163,12 @@ def fmt(v: tuple[float, float] | None, scale: float = 100.0, digits: int = 1) ->
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| dataset | ε | method | clean % | PGD-50-10 % | AutoAttack % | collapsed runs | cost (× standard) |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    head = "| dataset | ε | method | clean % | PGD-20 % | PGD-50-10 % | AutoAttack % | collapsed | cost (× standard) |"
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         aa = fmt(r["aa"]) + (f" ({r['aa_seeds']} seeds)" if r["aa"] and r["aa_seeds"] != r["seeds"] else "")
-        lines.append(f"| {r['dataset']} | {r['eps']:g} | {r['method']} | {fmt(r['clean'])} | {fmt(r['pgd50'])} | {aa} "
+        lines.append(f"| {r['dataset']} | {r['eps']:g} | {r['method']} | {fmt(r['clean'])} | {fmt(r.get('pgd20'))} "
+                     f"| {fmt(r['pgd50'])} | {aa} "
                      f"| {r['collapsed']}/{r['seeds']} | {fmt(r['cost'], 1.0, 2)} |")  # fmt: skip
     return "\n".join(lines)
 
@@ -221,7 +212,7 @@ def plots(rows: list[dict[str, Any]], runs: list[dict[str, Any]], out: Path) -> 
         for ax, m in zip(axes.flat, methods, strict=False):
             for r in sorted((r for r in sel if r["method"] == m), key=lambda r: r["seed"]):
                 ax.plot(range(1, len(r["curve"]) + 1), [100 * v for v in r["curve"]], marker=".",
-                        color="tab:red" if collapsed(r["curve"]) else "tab:blue", alpha=0.8)  # fmt: skip
+                        color="tab:red" if P.collapsed(r["curve"]) else "tab:blue", alpha=0.8)  # fmt: skip
             ax.set_title(m, fontsize=9)
             ax.grid(alpha=0.3)
         for ax in axes.flat[len(methods) :]:
@@ -291,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
             if cache is not None:
                 (cache / f"{key(j)}.json").write_text(json.dumps(r))
             print(f"# {key(j)}: clean {r['clean']:.3f} PGD-50-10 {r['pgd50']:.3f} AA {r['aa']} "
-                  f"collapsed {collapsed(r['curve'])} {r['cpu_seconds']:.0f} cpu-s", flush=True)  # fmt: skip
+                  f"collapsed {P.collapsed(r['curve'])} {r['cpu_seconds']:.0f} cpu-s", flush=True)  # fmt: skip
     rows = summarize(runs)
     text = table(rows)
     cmd = " ".join(argv if argv is not None else sys.argv[1:])

@@ -6,6 +6,7 @@ r"""PGD (Madry et al., ICLR 2018) for training and evaluation, with restarts kee
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -17,20 +18,27 @@ from ..losses import cross_entropy
 from ..ops import bcast, clip_delta, input_grad, uniform_start
 from .base import Attack, GradFn, LossFn, Magnitude, kernel, loss_grad_fn, register_attack
 
-__all__ = ["PGD", "pgd"]
+__all__ = ["PGD", "iterate", "pgd", "worst_restart"]
 
 
-def _one_run(
-    model: Any, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int, random_start: bool, early_stop: bool,
-    loss_fn: LossFn, targeted: bool, generator: Any, grad: GradFn,
+Update = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def iterate(
+    model: Any, x: Tensor, y: Tensor, start: Tensor | None, update: Update, *, steps: int, early_stop: bool,
+    loss_fn: LossFn, targeted: bool, grad: GradFn,
 ) -> Tensor:  # fmt: skip
-    delta = uniform_start(x, eps, generator) if random_start else None
+    """``steps`` iterations ``δ ← update(δ, g, x)`` from ``start`` (``None``: zero, gradient at the clean point).
+
+    With ``early_stop``, an example stops once it is misclassified (hits the target when ``targeted``) and only the
+    others are computed; the shared iteration of :func:`pgd` and :func:`~robustfast.attacks.pgd_l2.pgd_l2`.
+    """
+    delta = start
     if not early_stop:
         for _ in range(steps):
             d = torch.zeros_like(x) if delta is None else delta
-            delta = clip_delta(d + alpha * grad(delta).sign(), x, eps)
+            delta = update(d, grad(delta), x)
         return torch.zeros_like(x) if delta is None else delta
-    # early exit per example: only the examples not yet fooled are computed
     delta = torch.zeros_like(x) if delta is None else delta.clone()
     active = torch.arange(x.shape[0], device=x.device)
     for _ in range(steps):
@@ -43,8 +51,36 @@ def _one_run(
         if not keep.any():
             break
         active, xa, da, g = active[keep], xa[keep], da[keep], g[keep]
-        delta[active] = clip_delta(da + alpha * g.sign(), xa, eps)
+        delta[active] = update(da, g, xa)
     return delta
+
+
+def worst_restart(
+    model: Any, x: Tensor, y: Tensor, run: Callable[[bool], Tensor], restarts: int, *, keep: str, loss_fn: LossFn,
+    targeted: bool,
+) -> Tensor:  # fmt: skip
+    """Per example the worst of ``restarts`` runs (``run(first)``): with ``keep="success"`` a run that succeeds
+    wins, then the highest final loss; with ``"loss"`` the highest final loss only (GradAlign's code)."""
+    best = run(True)
+    if restarts == 1:
+        return best
+
+    @torch.no_grad()
+    def score(delta: Tensor) -> tuple[Tensor, Tensor]:
+        logits = model(x + delta)
+        pred = logits.argmax(1)
+        return (pred == y) if targeted else (pred != y), loss_fn(logits, y).float()
+
+    best_succ, best_loss = score(best)
+    for _ in range(restarts - 1):
+        cand = run(False)
+        succ, loss = score(cand)
+        better = loss > best_loss
+        if keep == "success":
+            better = (succ & ~best_succ) | ((succ == best_succ) & better)
+        best = torch.where(bcast(better, x), cand, best)
+        best_succ, best_loss = best_succ | (succ & better), torch.where(better, loss, best_loss)
+    return best
 
 
 @kernel
@@ -72,35 +108,18 @@ def pgd(
     """
     fn = loss_fn or cross_entropy
     grad = grad_fn or loss_grad_fn(model, x, y, fn)
-    alpha = eps / 4 if alpha is None else alpha
+    step = eps / 4 if alpha is None else alpha
+
+    def update(d: Tensor, g: Tensor, xs: Tensor) -> Tensor:
+        return clip_delta(d + step * g.sign(), xs, eps)
 
     def run(first: bool) -> Tensor:
         # only the first run may use the (possibly shared) oracle: later ones start elsewhere anyway
-        return _one_run(model, x, y, eps, alpha, steps, random_start, early_stop, fn, targeted, generator,
-                        grad if first else loss_grad_fn(model, x, y, fn))  # fmt: skip
+        start = uniform_start(x, eps, generator) if random_start else None
+        return iterate(model, x, y, start, update, steps=steps, early_stop=early_stop, loss_fn=fn, targeted=targeted,
+                       grad=grad if first else loss_grad_fn(model, x, y, fn))  # fmt: skip
 
-    best = run(True)
-    if restarts == 1:
-        return best
-
-    @torch.no_grad()
-    def score(delta: Tensor) -> tuple[Tensor, Tensor]:
-        logits = model(x + delta)
-        pred = logits.argmax(1)
-        return (pred == y) if targeted else (pred != y), fn(logits, y).float()
-
-    best_succ, best_loss = score(best)
-    for _ in range(restarts - 1):
-        cand = run(False)
-        succ, loss = score(cand)
-        better = (
-            ((succ & ~best_succ) | ((succ == best_succ) & (loss > best_loss)))
-            if keep == "success"
-            else loss > best_loss
-        )
-        best = torch.where(bcast(better, x), cand, best)
-        best_succ, best_loss = best_succ | (succ & better), torch.where(better, loss, best_loss)
-    return best
+    return worst_restart(model, x, y, run, restarts, keep=keep, loss_fn=fn, targeted=targeted)
 
 
 @register_attack("pgd")

@@ -20,8 +20,9 @@ from torch import Tensor, nn
 from ..context import StepContext
 from ..errors import RobustfastError
 from ..losses import cross_entropy
-from ..ops import bcast, input_grad
+from ..ops import bcast
 from .base import Attack, GradFn, LossFn, Magnitude, kernel, loss_grad_fn, register_attack
+from .pgd import iterate, worst_restart
 
 __all__ = ["PGDL2", "L2Magnitude", "l2_project", "pgd_l2"]
 
@@ -51,35 +52,6 @@ def l2_start(x: Tensor, eps: float, generator: torch.Generator | None = None) ->
 
 def _normalized(g: Tensor, eps_for_division: float) -> Tensor:
     return g / bcast(_l2(g) + eps_for_division, g)
-
-
-def _one_run(
-    model: Any, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int, random_start: bool, early_stop: bool,
-    eps_for_division: float, loss_fn: LossFn, targeted: bool, generator: Any, grad: GradFn,
-) -> Tensor:  # fmt: skip
-    delta = l2_start(x, eps, generator) if random_start else None
-    # torchattacks normalizes the gradient of the batch-*mean* loss: g/B / (‖g/B‖ + e) = g / (‖g‖ + B·e)
-    eps_for_division = eps_for_division * x.shape[0]
-    if not early_stop:
-        for _ in range(steps):
-            d = torch.zeros_like(x) if delta is None else delta
-            delta = l2_project(d + alpha * _normalized(grad(delta), eps_for_division), x, eps)
-        return torch.zeros_like(x) if delta is None else delta
-    # early exit per example: the examples already fooled keep their perturbation
-    delta = torch.zeros_like(x) if delta is None else delta.clone()
-    active = torch.arange(x.shape[0], device=x.device)
-    for _ in range(steps):
-        xa, da = x[active], delta[active]
-        point = (xa + da).detach().requires_grad_(True)
-        logits = model(point)
-        g = input_grad(loss_fn(logits, y[active]), point).detach()
-        pred = logits.detach().argmax(1)
-        keep = (pred != y[active]) if targeted else (pred == y[active])
-        if not keep.any():
-            break
-        active, xa, da, g = active[keep], xa[keep], da[keep], g[keep]
-        delta[active] = l2_project(da + alpha * _normalized(g, eps_for_division), xa, eps)
-    return delta
 
 
 @kernel
@@ -116,31 +88,20 @@ def pgd_l2(
     """
     fn = loss_fn or cross_entropy
     grad = grad_fn or loss_grad_fn(model, x, y, fn)
-    alpha = eps / 5 if alpha is None else alpha
+    step = eps / 5 if alpha is None else alpha
+    # torchattacks normalizes the gradient of the batch-*mean* loss: g/B / (‖g/B‖ + e) = g / (‖g‖ + B·e)
+    division = eps_for_division * x.shape[0]
+
+    def update(d: Tensor, g: Tensor, xs: Tensor) -> Tensor:
+        return l2_project(d + step * _normalized(g, division), xs, eps)
 
     def run(first: bool) -> Tensor:
         # only the first run may use the (possibly shared) oracle: later ones start elsewhere anyway
-        return _one_run(model, x, y, eps, alpha, steps, random_start, early_stop, eps_for_division, fn, targeted,
-                        generator, grad if first else loss_grad_fn(model, x, y, fn))  # fmt: skip
+        start = l2_start(x, eps, generator) if random_start else None
+        return iterate(model, x, y, start, update, steps=steps, early_stop=early_stop, loss_fn=fn, targeted=targeted,
+                       grad=grad if first else loss_grad_fn(model, x, y, fn))  # fmt: skip
 
-    best = run(True)
-    if restarts == 1:
-        return best
-
-    @torch.no_grad()
-    def score(delta: Tensor) -> tuple[Tensor, Tensor]:
-        logits = model(x + delta)
-        pred = logits.argmax(1)
-        return (pred == y) if targeted else (pred != y), fn(logits, y).float()
-
-    best_succ, best_loss = score(best)
-    for _ in range(restarts - 1):
-        cand = run(False)
-        succ, loss = score(cand)
-        better = (succ & ~best_succ) | ((succ == best_succ) & (loss > best_loss))
-        best = torch.where(bcast(better, x), cand, best)
-        best_succ, best_loss = best_succ | (succ & better), torch.where(better, loss, best_loss)
-    return best
+    return worst_restart(model, x, y, run, restarts, keep="success", loss_fn=fn, targeted=targeted)
 
 
 def as_l2_magnitude(owner: str, name: str, value: Any, *, allow_none: bool = True) -> float | None:
