@@ -154,13 +154,15 @@ def test_eval_without_a_run_config_says_what_it_uses(run: Path, tmp_path: Path, 
 def test_validation_points_are_held_out_of_the_training_split() -> None:
     data = build_data(RunConfig())
     x_val, y_val = data.val
-    subset = data.train.dataset
+    subset = data.train.dataset.dataset  # the loader's IndexedDataset wraps the held-in Subset
     train_x, train_y = subset.dataset.tensors
     held = sorted(set(range(len(train_x))) - set(subset.indices))
     assert len(held) == len(x_val) == 134 and len(subset) + len(x_val) == 1347  # 10% of digits' training split
     assert sorted(bytes(r.numpy()) for r in x_val) == sorted(bytes(train_x[i].numpy()) for i in held)
     assert sorted(y_val.tolist()) == sorted(train_y[held].tolist())
     assert len(data.test.dataset) == 450  # the test split (the report's points) is left whole
+    batch = next(iter(data.train))
+    assert len(batch) == 3 and batch[2].dtype == torch.long  # batches carry dataset indices (FGSM-PGI's memory)
     with pytest.raises(RobustfastError, match="held out of it, so choose fewer"):
         build_data(RunConfig.from_dict({"val_examples": 2000}))
 
