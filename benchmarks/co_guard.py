@@ -78,12 +78,15 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     tr = AdversarialTrainer(model, optimizer=P.optimizer(model), lr_schedule=P.schedule(), co_guard=guard,
                             val_attack=None, callbacks=[EpochEval()], progress=False, verbose=False, seed=job["seed"],
                             **parts(job["method"], model, eps, job["seed"]))  # fmt: skip
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     tr.fit(P.loader(data, job["seed"]), job["epochs"])
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if job.get("save_dir"):  # the final weights, for a later evaluation (PGD-50-10, AutoAttack) without retraining
+        torch.save(model.state_dict(), Path(job["save_dir"]) / f"{job['key']}.pt")
     final = P.pgd_accuracy(model, data["xt"], data["yt"], eps, 20)
     hist = list(tr.history)
-    return {**job, "seconds": seconds, "clean": P.accuracy(model, data["xt"], data["yt"]), "pgd20": final,
+    clean = P.accuracy(model, data["xt"], data["yt"])
+    return {**job, "seconds": seconds, "cpu_seconds": cpu, "clean": clean, "pgd20": final,
             "curve": curve, "flags": sum(bool(h.get("co")) for h in hist),
             "rollbacks": sum("rolled_back_to" in h for h in hist),
             "strengthened": [h["strengthened"] for h in hist if "rolled_back_to" in h],
@@ -169,6 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     def execute(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         done, todo = [], []
         for j in batch:
+            if out_dir is not None:
+                j["key"], j["save_dir"] = key(j), str(out_dir)
             f = out_dir / f"{key(j)}.json" if out_dir is not None else None
             if f is not None and f.is_file():
                 done.append(json.loads(f.read_text()))
