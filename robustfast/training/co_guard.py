@@ -142,8 +142,15 @@ class COGuard:
         self.streak = 0
         self.checks: list[COCheck] = []
 
-    def check(self, model: nn.Module, eps: float, device: torch.device | None = None) -> COCheck:
-        """Measure FGSM and PGD accuracy of ``model`` on the held-out batch and apply the three rules."""
+    def check(
+        self, model: nn.Module, eps: float, device: torch.device | None = None, *, update: bool = True
+    ) -> COCheck:
+        """Measure FGSM and PGD accuracy of ``model`` on the held-out batch and apply the three rules.
+
+        ``update=False`` (the trainer's mid-epoch checks) only detects: the best accuracy, the gap at the best and the
+        gradual rule's streak are left alone, so the best state is always one the trainer could snapshot (an epoch
+        end).
+        """
         from ..evaluation.diagnostics import fgsm_pgd_gap
 
         eps = self.eps if self.eps is not None else eps
@@ -158,14 +165,16 @@ class COGuard:
             reason = f"FGSM accuracy {f:.3f} exceeds PGD accuracy {p:.3f} by more than {self.gap:g}"
         elif self.tolerance is not None:
             declining = p < self.best_pgd_acc - self.tolerance and f - p > self.best_gap + self.tolerance
-            self.streak = self.streak + 1 if declining else 0
-            if self.streak >= self.patience:
+            streak = self.streak + 1 if declining else 0
+            if update:
+                self.streak = streak
+            if streak >= self.patience:
                 reason = (f"PGD accuracy stayed below its best {self.best_pgd_acc:.3f} and the FGSM-PGD gap above "
-                          f"{self.best_gap:.3f} by more than {self.tolerance:g} for {self.streak} checks")  # fmt: skip
+                          f"{self.best_gap:.3f} by more than {self.tolerance:g} for {streak} checks")  # fmt: skip
         improved = reason is None and p > self.best_pgd_acc
-        if improved:
+        if update and improved:
             self.best_pgd_acc, self.best_gap = p, f - p
-        if reason is not None:
+        if update and reason is not None:
             self.streak = 0
         result = COCheck(f, p, self.best_pgd_acc, reason is not None, reason, improved)
         self.checks.append(result)

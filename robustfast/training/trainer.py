@@ -378,7 +378,7 @@ class AdversarialTrainer:
         g = self.co_guard
         assert g is not None
         eps = self.attack.eps if self.attack is not None else 8 / 255
-        res = g.check(self.model, eps, self.device)
+        res = g.check(self.model, eps, self.device, update=record is not None)
         co = res.co or already
         if record is None:  # mid-epoch check: only report whether to abort the epoch
             if co:

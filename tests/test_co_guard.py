@@ -1,0 +1,113 @@
+"""The catastrophic-overfitting guard: its three rules on scripted measurements, rollback to the best state (not the
+last unflagged one), mid-epoch checks, and the raw model (not the weight average) being the one checked."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TinyCNN
+from torch.utils.data import DataLoader, TensorDataset
+
+import robustfast as rf
+import robustfast.evaluation.diagnostics as diag
+from robustfast.training import EMA, AdversarialTrainer, COGuard
+
+
+class Script:
+    """Replaces fgsm_pgd_gap: returns the next (fgsm, pgd) pair and records which model it was given."""
+
+    def __init__(self, pairs):
+        self.pairs, self.models = list(pairs), []
+
+    def __call__(self, model, x, y, eps, **kw):
+        self.models.append(model)
+        f, p = self.pairs.pop(0) if self.pairs else (0.4, 0.4)
+        return {"fgsm_acc": f, "pgd_acc": p, "gap": f - p}
+
+
+def guard(**kw) -> COGuard:
+    return COGuard(torch.zeros(4, 3, 8, 8), torch.zeros(4, dtype=torch.long), **kw)
+
+
+def run_checks(monkeypatch, pairs, **kw) -> list:
+    monkeypatch.setattr(diag, "fgsm_pgd_gap", Script(pairs))
+    g = guard(**kw)
+    return [g.check(TinyCNN(), 0.1) for _ in pairs]
+
+
+def test_sudden_drop_and_large_gap(monkeypatch):
+    drop = run_checks(monkeypatch, [(0.5, 0.45), (0.3, 0.2)])
+    assert [c.co for c in drop] == [False, True] and "fell more than 0.2" in drop[1].reason
+    gap = run_checks(monkeypatch, [(0.5, 0.45), (0.8, 0.4)])
+    assert gap[1].co and "exceeds PGD accuracy" in gap[1].reason
+
+
+def test_gradual_collapse_is_caught_after_patience_checks(monkeypatch):
+    # the issue's trace: PGD peaked at 41% and slid 40 -> 34 -> 31 -> 25 while FGSM held up
+    pairs = [(0.45, 0.41), (0.45, 0.40), (0.47, 0.34), (0.49, 0.31), (0.52, 0.25)]
+    checks = run_checks(monkeypatch, pairs)
+    assert [c.co for c in checks][:4] == [False, False, False, True]
+    assert "for 2 checks" in checks[3].reason
+    assert checks[0].improved and not checks[1].improved
+
+
+def test_an_ordinary_dip_is_not_flagged(monkeypatch):
+    # a high learning rate lowers FGSM and PGD together: the gap does not widen
+    pairs = [(0.5, 0.41), (0.43, 0.34), (0.40, 0.31), (0.42, 0.33), (0.5, 0.42)]
+    assert not any(c.co for c in run_checks(monkeypatch, pairs))
+
+
+def _loader():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(64, 3, 8, 8, generator=g), torch.randint(0, 10, (64,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))
+
+
+def test_rollback_goes_to_the_best_state_and_checks_the_raw_model(monkeypatch):
+    # best PGD at the end of epoch 1; epoch 2 unflagged but worse; epoch 3 collapses
+    script = Script([(0.45, 0.45), (0.46, 0.38), (0.9, 0.05), (0.45, 0.45), (0.45, 0.45)])
+    monkeypatch.setattr(diag, "fgsm_pgd_gap", script)
+    torch.manual_seed(0)
+    model = TinyCNN()
+    states = {}
+
+    class Keep:
+        def on_epoch_end(self, trainer, epoch):
+            states[epoch] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    restored = {}
+
+    class OnRollback:
+        def on_rollback(self, trainer, epoch):
+            restored["epoch"] = epoch
+            restored["state"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    ema = EMA(0.5)
+    tr = AdversarialTrainer(model, rf.RS(model, 0.1, seed=0), co_guard=guard(on_co="rollback"), averaging=ema,
+                            callbacks=[Keep(), OnRollback()], val_attack=None, progress=False,
+                            verbose=False)  # fmt: skip
+    hist = tr.fit(_loader(), 4)
+    assert hist["co"] == [False, False, True, False, False, False] and hist[2]["rolled_back_to"] == 1
+    assert hist["epoch"] == [1, 2, 3, 2, 3, 4]
+    assert restored["epoch"] == 1  # the best state (end of epoch 1), not the last unflagged one (end of epoch 2)
+    assert all(torch.equal(restored["state"][k], v) for k, v in states[0].items())
+    assert all(m is model for m in script.models)  # the raw model, never the EMA copy
+
+
+def test_mid_epoch_checks_abort_the_epoch_and_roll_back(monkeypatch):
+    # 4 batches per epoch, a check every 2: epoch 1 at batch 2 and at its end; epoch 2 collapses at its batch 2
+    script = Script([(0.45, 0.45), (0.45, 0.45), (0.9, 0.05)] + [(0.45, 0.45)] * 20)
+    monkeypatch.setattr(diag, "fgsm_pgd_gap", script)
+    torch.manual_seed(0)
+    model = TinyCNN()
+    tr = AdversarialTrainer(model, rf.ZeroGrad(model, 0.1, seed=0), co_guard=guard(on_co="rollback", every_steps=2),
+                            val_attack=None, progress=False, verbose=False)  # fmt: skip
+    hist = tr.fit(_loader(), 2)
+    assert hist["co"] == [False, True, False] and hist[1]["co_reason"] == "flagged mid-epoch"
+    assert hist[1]["step"] == 6 and tr.attack.q == pytest.approx(0.45) and tr.epoch == 2  # aborted after 2 batches
+
+
+def test_the_guard_refuses_l2_attacks():
+    model = TinyCNN()
+    with pytest.raises(rf.RobustfastError, match="L∞"):
+        AdversarialTrainer(model, rf.PGDL2(model, 0.5), co_guard=guard(), progress=False)
