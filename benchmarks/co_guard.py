@@ -122,6 +122,60 @@ def summarize(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def evaluate_saved(out_dir: Path, aa_seeds: tuple[int, ...] = (0,), workers: int = 2) -> Path:
+    """PGD-50-10 (and AutoAttack on ``aa_seeds``) of every saved final model, unguarded (flag) and guarded (the
+    rollback rerun when there was one, else the same run), as a quality-style JSON next to ``out_dir``."""
+    runs = [json.loads(f.read_text()) for f in sorted(out_dir.glob("*.json"))]
+    jobs = []
+    by_key = {(r["dataset"], r["eps"], r["method"], r["seed"]): {} for r in runs}
+    for r in runs:
+        by_key[(r["dataset"], r["eps"], r["method"], r["seed"])][r["mode"]] = r
+    for (_ds, _eps, method, seed), modes in sorted(by_key.items()):
+        flag = modes.get("flag")
+        if flag is None:
+            continue
+        jobs.append((flag, f"{method}", seed in aa_seeds))
+        jobs.append((modes.get("rollback", flag), f"{method} + guard", seed in aa_seeds))
+    with ProcessPoolExecutor(workers) as pool:
+        evals = list(pool.map(_evaluate_one, [(r, out_dir, aa) for r, _, aa in jobs]))
+    groups: dict[tuple, list[dict]] = {}
+    for (r, label, _), e in zip(jobs, evals, strict=True):
+        groups.setdefault((r["dataset"], r["eps"], label), []).append({**r, **e})
+    rows = []
+    for (ds, eps, label), rs in sorted(groups.items()):
+
+        def ms(k: str, rs: list[dict] = rs) -> list[float] | None:
+            v = [x[k] for x in rs if x.get(k) is not None]
+            return [statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0] if v else None
+
+        rows.append({"dataset": ds, "eps": eps, "method": label, "seeds": len(rs), "clean": ms("clean"),
+                     "pgd20": ms("pgd20"), "pgd50": ms("pgd50"), "aa": ms("aa"),
+                     "aa_seeds": sum(x.get("aa") is not None for x in rs),
+                     "collapsed": sum(P.collapsed(x["curve"]) for x in rs), "cost": None})  # fmt: skip
+    meta = (f"Command: `python benchmarks/co_guard.py --evaluate --out {out_dir}` on the weights of the co_guard runs "
+            f"(Fashion-MNIST 28×28, 12,000 training images, 10 epochs; digits 30 epochs; Adam one-cycle); machine: "
+            f"{machine()}; date: {datetime.date.today()}; PGD-50-10 on the first 1,000 test points (digits: 450), "
+            f"AutoAttack (APGD-CE + APGD-T, 3 targets) on seeds {list(aa_seeds)}.")  # fmt: skip
+    path = out_dir.with_name(out_dir.name + "_quality.json")
+    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    return path
+
+
+def _evaluate_one(args: tuple[dict[str, Any], Path, bool]) -> dict[str, Any]:
+    r, out_dir, aa = args
+    torch.set_num_threads(1)
+    data = P.load(r["dataset"], r["n_train"], r["n_test"], 256, 1)
+    model = P.cnn(data["x"].shape[-1])
+    model.load_state_dict(torch.load(out_dir / f"{r['key']}.pt", weights_only=True))
+    attacks: list[Any] = ["clean", "pgd-50-10"]
+    if aa:
+        attacks.append(rf.evaluation.AutoAttackAdapter(model, r["eps"], version="custom", attacks=["apgd-ce", "apgd-t"],
+                                                       n_restarts=1, n_target_classes=3, seed=0))  # fmt: skip
+    rep = rf.evaluate(model, (data["xt"], data["yt"]), r["eps"], attacks, seed=0, progress=False)
+    acc = dict(rep.accuracy)
+    return {"pgd50": acc["pgd-50-10"], "aa": next((v for k, v in acc.items() if k.startswith("autoattack")), None)}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="digits, one ε, one seed, 2 epochs, 2 methods (CI)")
@@ -143,7 +197,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--digits-epochs", type=int, default=30)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", type=Path, default=None, help="folder of per-run JSON files (reused), plus <out>.md")
+    p.add_argument("--evaluate", action="store_true", help="PGD-50-10 / AutoAttack of the saved models in --out")
     args = p.parse_args(argv)
+    if args.evaluate:
+        print(f"wrote {evaluate_saved(args.out, workers=args.workers)}")
+        return
     if args.quick:
         args.settings, args.methods, args.seeds, args.epochs, args.digits_epochs = (
             ["digits:0.2"],
