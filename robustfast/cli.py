@@ -50,7 +50,7 @@ __all__ = [
 
 OFFLINE = ("digits", "fashion_mnist")
 #: What ``robustfast list`` can show.
-LISTS = ("attacks", "regularizers", "models")
+LISTS = ("attacks", "regularizers", "losses", "plugins", "models")
 #: Files of a training run (``train --overwrite`` removes them, and their presence marks a folder as a run).
 RUN_FILES = ("config.yaml", "model.pt", "report.md", "report.json", "history.json", "history.csv", "curves.png")
 RUN_DIRS = ("checkpoints", "eval")
@@ -76,7 +76,7 @@ def _kv(items: list[str] | None) -> dict[str, Any]:
 
 
 def _reg_spec(text: str) -> dict[str, Any]:
-    """``gradalign:lam=0.2`` -> ``{"name": "gradalign", "lam": 0.2}``."""
+    """``gradalign:lam=0.2`` -> ``{"name": "gradalign", "lam": 0.2}`` (also for ``--loss`` and ``--plugin``)."""
     name, _, rest = text.partition(":")
     return {"name": name, **_kv([p for p in rest.split(",") if p])}
 
@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--attack", help="training attack (`robustfast list attacks`), or none")
     t.add_argument("--attack-arg", action="append", metavar="K=V", help="attack keyword, e.g. q=0.35 (repeatable)")
     t.add_argument("--reg", action="append", metavar="NAME[:K=V,...]", help="regularizer, e.g. gradalign:lam=0.2")
+    t.add_argument("--loss", metavar="NAME[:K=V,...]", help="training loss, e.g. trades:beta=6")
+    t.add_argument("--plugin", action="append", metavar="NAME[:K=V,...]", help="training plugin, e.g. awp:gamma=0.005")
     t.add_argument("--amp", choices=["bf16", "fp16"])
     t.add_argument("--eps-warmup", type=int, help="epochs of linear eps ramp")
     t.add_argument("--co-action", choices=["flag", "rollback", "stop"])
@@ -162,6 +164,10 @@ def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) ->
         flags["attack"] = {**cfg.attack, **_kv(args.attack_arg)}
     if getattr(args, "reg", None):
         flags["regularizers"] = [_reg_spec(r) for r in args.reg]
+    if getattr(args, "loss", None):
+        flags["loss"] = _reg_spec(args.loss)
+    if getattr(args, "plugin", None):
+        flags["plugins"] = [_reg_spec(r) for r in args.plugin]
     if getattr(args, "no_co_guard", False):
         flags["co_guard"] = False
     if getattr(args, "no_download", False):
@@ -432,8 +438,11 @@ def build_averaging(cfg: RunConfig, n_batches: int) -> list[Any]:
 
 
 def _check_names(cfg: RunConfig) -> None:
-    """Unknown attack, regularizer or model names fail first (with suggestions), before anything else is looked at."""
+    """Unknown attack, regularizer, loss, plugin or model names fail first (with suggestions), before anything
+    else is looked at."""
     from .attacks import ATTACKS
+    from .component import PLUGINS
+    from .losses import LOSSES
     from .models import MODELS
     from .regularizers import REGULARIZERS
 
@@ -441,6 +450,10 @@ def _check_names(cfg: RunConfig) -> None:
         ATTACKS.get(str(cfg.attack["name"]))
     for r in cfg.regularizers:
         REGULARIZERS.get(str(r["name"]))
+    if cfg.loss is not None:
+        LOSSES.get(str(cfg.loss["name"]))
+    for r in cfg.plugins:
+        PLUGINS.get(str(r["name"]))
     if not cfg.model.startswith("timm:"):
         MODELS.get(cfg.model)
 
@@ -671,7 +684,10 @@ def _preset_line(name: str) -> list[str]:
         return f"{spec['name']}({kw})" if kw else str(spec["name"])
 
     regs = " + ".join(call(r) for r in cfg.regularizers) or "-"
-    return [name, f"{cfg.dataset}/{cfg.model}", format_value("eps", cfg.eps), str(cfg.epochs), call(cfg.attack), regs]
+    loss = call(cfg.loss) if cfg.loss is not None else "-"
+    plugins = " + ".join(call(r) for r in cfg.plugins) or "-"
+    return [name, f"{cfg.dataset}/{cfg.model}", format_value("eps", cfg.eps), str(cfg.epochs), call(cfg.attack), regs,
+            loss, plugins]  # fmt: skip
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -680,8 +696,8 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def cmd_presets() -> None:
-    """Print every bundled preset: data/model, ε, epochs, training attack and regularizers."""
-    rows = [["preset", "data/model", "eps", "epochs", "attack", "regularizers"]]
+    """Print every bundled preset: data/model, ε, epochs, training attack, regularizers, loss and plugins."""
+    rows = [["preset", "data/model", "eps", "epochs", "attack", "regularizers", "loss", "plugins"]]
     rows += [_preset_line(n) for n in list_presets()]
     print(_table(rows))
     print("\nrobustfast train --preset NAME [flags]; each file: robustfast/presets/NAME.yaml (with its sources)")
@@ -695,15 +711,21 @@ def _summary(obj: Any) -> str:
 
 
 def cmd_list(what: str | None = None) -> None:
-    """Print the registered attacks, regularizers and models (read from the registries, so new ones appear)."""
+    """Print the registered attacks, regularizers, losses, plugins and models (read from the registries, so new
+    ones appear)."""
     from .attacks import ATTACKS
+    from .component import PLUGINS
+    from .losses import LOSSES
     from .models import MODELS
     from .regularizers import REGULARIZERS
 
-    registries = {"attacks": ATTACKS, "regularizers": REGULARIZERS, "models": MODELS}
+    registries = {"attacks": ATTACKS, "regularizers": REGULARIZERS, "losses": LOSSES, "plugins": PLUGINS,
+                  "models": MODELS}  # fmt: skip
     usage = {
         "attacks": "train --attack NAME [--attack-arg K=V]",
         "regularizers": "train --reg NAME[:K=V,...]",
+        "losses": "train --loss NAME[:K=V,...]",
+        "plugins": "train --plugin NAME[:K=V,...]",
         "models": "train --model NAME (or timm:NAME)",
     }
     for i, key in enumerate([what] if what else LISTS):

@@ -279,11 +279,15 @@ def resume_conflicts(saved: RunConfig, new: RunConfig) -> list[str]:
 
 
 def format_value(key: str, value: Any) -> str:
-    """``eps``-like values as ``8/255`` when they are whole 255ths, other floats as ``%g``; for listings."""
+    """``eps``-like values as ``8/255`` (or ``1.6/255``) when they are whole or tenth 255ths, other floats as ``%g``;
+    for listings."""
     if isinstance(value, float) and key in _PIXEL_KEYS and 0 < value <= 1:
         k = value * 255
         if abs(k - round(k)) < 1e-6:
             return f"{round(k)}/255"
+        short = float(f"{value:.3g}") == value  # 0.5, 0.031: written as decimals
+        if not short and abs(10 * k - round(10 * k)) < 1e-5:  # e.g. PGD-10's 2ε/10 = 1.6/255
+            return f"{round(k, 1):g}/255"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)

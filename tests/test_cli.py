@@ -66,6 +66,8 @@ def test_flags_override_config_file_override_preset(tmp_path) -> None:
     assert cfg.attack == {"name": "rs"} and cfg.dataset == "cifar10"  # preset fills the rest
     cfg = parse("--attack", "zerograd", "--attack-arg", "q=0.5", "--reg", "gradalign:lam=0.3")
     assert cfg.attack == {"name": "zerograd", "q": 0.5} and cfg.regularizers == [{"name": "gradalign", "lam": 0.3}]
+    cfg = parse("--preset", "awp-cifar10", "--loss", "trades:beta=3", "--plugin", "awp:gamma=0.005")
+    assert cfg.loss == {"name": "trades", "beta": 3} and cfg.plugins == [{"name": "awp", "gamma": 0.005}]
 
 
 @pytest.mark.parametrize(
@@ -129,6 +131,7 @@ def test_bad_names_come_before_the_output_folder_check(capsys, tmp_path) -> None
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text("epochs: 1\n")  # an existing run
     for flags, hint in ((["--attack", "zerogard"], "'zerograd'"), (["--reg", "gradalgn"], "'gradalign'"),
-                        (["--model", "small_cn"], "'small_cnn'")):  # fmt: skip
+                        (["--model", "small_cn"], "'small_cnn'"), (["--loss", "trdes"], "'trades'"),
+                        (["--plugin", "awq"], "'awp'")):  # fmt: skip
         assert main(["train", *flags, "--output", str(tmp_path / "run")]) == 2
         assert f"Did you mean {hint}" in capsys.readouterr().err

@@ -14,7 +14,9 @@ import yaml
 from robustfast import RobustfastError
 from robustfast.attacks import ATTACKS
 from robustfast.cli import build_data, main
+from robustfast.component import PLUGINS
 from robustfast.config import RunConfig, list_presets
+from robustfast.losses import LOSSES
 from robustfast.models import MODELS
 from robustfast.regularizers import REGULARIZERS
 
@@ -222,7 +224,8 @@ def test_unreadable_config_files(tmp_path: Path, capsys) -> None:
 def test_list_reads_the_registries(capsys) -> None:
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for registry in (ATTACKS, REGULARIZERS, MODELS):
+    for registry in (ATTACKS, REGULARIZERS, LOSSES, PLUGINS, MODELS):
+        assert registry.list(), registry
         for name in registry.list():
             assert f"\n  {name} " in out, name
     assert main(["list", "regularizers"]) == 0
@@ -237,3 +240,4 @@ def test_presets_show_method_and_eps(capsys) -> None:
     assert "8/255" in lines["gradalign-cifar10-eps8"] and "gradalign(lam=0.2)" in lines["gradalign-cifar10-eps8"]
     assert "zerograd(q=0.35)" in lines["zerograd-cifar10-eps8"] and "digits/small_cnn" in lines["demo"]
     assert "advlc(lam=0.3)" in lines["advlc-swa-cifar10"]
+    assert "awp(gamma=0.01)" in lines["awp-cifar10"] and "trades(beta=6)" in lines["trades-cifar10"]
