@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = {
     "fgsm": ["FGSM"], "rs": ["RS"], "nfgsm": ["N-FGSM"], "zerograd": ["ZeroGrad"], "multigrad": ["MultiGrad"],
     "pgd": ["PGD-10"], "seat": ["SEAT"], "gradalign": ["FGSM+GradAlign", "FGSM+GradAlignFD"],
-    "advlc": ["FGSM-N+AdvLC"], "elle": ["FGSM+ELLE-A"], "trades": ["TRADES"], "mart": ["MART"],
+    "advlc": ["FGSM-N+AdvLC"], "elle": ["FGSM+ELLE-A"], "llr": ["FGSM+LLR"], "trades": ["TRADES"], "mart": ["MART"],
     "awp": ["PGD-10+AWP"], "gat": ["GAT"], "nuat": ["NuAT"], "free_at": ["Free-AT (m=4)"], "fgsm_pgi": ["FGSM-PGI"],
     "fgsm_ckpt": ["FGSM-CKPT"], "fgsm_n": ["FGSM-N"],
 }  # fmt: skip

@@ -67,6 +67,7 @@ RECIPES: dict[str, tuple[Recipe, float]] = {
     "FGSM+GradAlignFD": (
         lambda m, e, s: _r(attack=rf.FGSM(m, e), regularizers=[rf.GradAlignFD(eps=e, lam=1.0, seed=s)]), 5),
     "FGSM+ELLE-A": (lambda m, e, s: _r(attack=rf.FGSM(m, e), regularizers=[rf.ELLEA(eps=e, seed=s)]), 4),
+    "FGSM+LLR": (lambda m, e, s: _r(attack=rf.FGSM(m, e), regularizers=[rf.LLR(eps=e, seed=s)]), 6),
     "FGSM-N+AdvLC": (lambda m, e, s: _r(attack=rf.FGSMN(m, e, seed=s), regularizers=[rf.AdvLC(lam=0.55)]), 3),
     "PGD-10": (lambda m, e, s: _r(attack=rf.PGD(m, e, e / 4, 10, True, seed=s)), 11),
     "TRADES": (lambda m, e, s: _r(attack=rf.TRADESAttack(m, e, seed=s), criterion=rf.TRADESLoss()), 12),
