@@ -30,6 +30,12 @@ def _fmt(v: list[float] | None, scale: float = 100.0, digits: int = 1) -> str:
     return "—" if not v else f"{scale * v[0]:.{digits}f} ± {scale * v[1]:.{digits}f}"
 
 
+def _of(row: dict, key: str, value: object) -> str:
+    """`` (1 seed)`` when a measurement covers fewer seeds than the row."""
+    n = row.get(key, row["seeds"])
+    return f" ({n} seed{'s' if n != 1 else ''})" if value and n != row["seeds"] else ""
+
+
 def block(results: list[dict], methods: list[str]) -> str:
     """The markdown block of one page."""
     intro = (
@@ -46,9 +52,10 @@ def block(results: list[dict], methods: list[str]) -> str:
         out += ["| dataset | ε | method | seeds | clean % | PGD-20 % | PGD-50-10 % | AutoAttack % | collapsed | cost |",
                 "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in rows:
-            aa = _fmt(r.get("aa")) + (f" ({r['aa_seeds']} seed)" if r.get("aa") and r["aa_seeds"] != r["seeds"] else "")
+            aa = _fmt(r.get("aa")) + _of(r, "aa_seeds", r.get("aa"))
+            pgd50 = _fmt(r.get("pgd50")) + _of(r, "pgd50_seeds", r.get("pgd50"))
             out.append(f"| {r['dataset']} | {r['eps']:g} | {r['method']} | {r['seeds']} | {_fmt(r['clean'])} "
-                       f"| {_fmt(r.get('pgd20'))} | {_fmt(r.get('pgd50'))} | {aa} | {r['collapsed']}/{r['seeds']} "
+                       f"| {_fmt(r.get('pgd20'))} | {pgd50} | {aa} | {r['collapsed']}/{r['seeds']} "
                        f"| {_fmt(r.get('cost'), 1.0, 2)}× |")  # fmt: skip
         out += ["", res["meta"], ""]
     out.append(END)
