@@ -307,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.workers} workers); date: {datetime.date.today()}; {time.perf_counter() - t0:.0f} s for the runs "
             f"not cached. Fashion-MNIST {side}×{side}, {args.n_train} training images, {args.epochs} epochs; digits "
             f"8×8, 1,091 training images (1,347 minus the 256 held out), {args.digits_epochs} epochs; final "
-            f"evaluation on the first {args.n_eval} test points (digits: {min(args.n_eval, 450)} of its 450); AutoAttack: {args.aa}"
+            f"evaluation on the first {args.n_eval} test points (digits: {min(args.n_eval, 450)} of its 450); "
+            f"AutoAttack: {args.aa}"
             + (f" on seeds {args.aa_seeds}" if args.aa_seeds is not None else "")
             + (f"; PGD-50-10 on seeds {args.pgd50_seeds}" if args.pgd50_seeds is not None else "") + ".")  # fmt: skip
     print("\n" + text + "\n\n" + meta)
