@@ -36,7 +36,7 @@ def read_torch_file(path: str | Path, map_location: Any = "cpu", what: str = "ch
             "files with weights_only=True and never unpickles arbitrary code. Re-save it as a state_dict"
         ) from None
     except Exception as e:  # truncated zip, HTML saved as .pt, not a torch file at all
-        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        reason = str(e).splitlines()[0].split(". ")[0][:160] if str(e) else type(e).__name__  # torch's first sentence
         raise RobustfastError(
             f"could not read {what} {str(path)!r}: the file is truncated, corrupt or not a torch file "
             f"({type(e).__name__}: {reason}); use an intact copy (an interrupted save never replaces the last one)"

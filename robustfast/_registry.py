@@ -47,7 +47,10 @@ class Registry:
         """Return the object registered as ``name``; unknown names raise with suggestions."""
         key = _norm(name)
         if key not in self._items:
-            close = difflib.get_close_matches(key, list(self._items), n=3)
+            canonical = sorted(set(self._canonical.values()))  # canonical names first, then aliases
+            close = difflib.get_close_matches(key, canonical, n=3)
+            close += [self._canonical[c] for c in difflib.get_close_matches(key, list(self._items), n=3)]
+            close = list(dict.fromkeys(close))[:3]
             hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
             raise RobustfastError(f"Unknown {self.kind} {name!r}.{hint} Available: {', '.join(self.list())}")
         return self._items[key]

@@ -270,6 +270,11 @@ def test_normalize_wrapper() -> None:
     [
         ({"name": "wrn_28_01"}, "Did you mean 'wrn_28_10'"),
         ({"name": "preact_resnet_18"}, "Did you mean 'preact_resnet18'"),
+        (
+            {"name": "resnet18"},
+            r"'resnet18'\. timm has a model of that name: use 'timm:resnet18'.*Did you mean "
+            r"'resnet18_cifar'",
+        ),
         ({"name": "timm:vit_base_patch16_22"}, "Did you mean 'timm:vit_base_patch16_224'"),
         ({"name": "wrn_28_10", "num_classes": 10.0}, "num_classes must be a positive int"),
         ({"name": "wrn_28_10", "num_classes": True}, "num_classes must be a positive int"),

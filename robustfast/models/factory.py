@@ -142,7 +142,10 @@ def _unknown_model(name: str) -> None:
     try:
         MODELS.get(name)
     except RobustfastError as e:
-        raise RobustfastError(f"{e}{hint}") from None
+        msg, head = str(e), f"Unknown model {name!r}."
+        if hint and msg.startswith(head):  # the timm hint first: it is most likely what was meant
+            msg = head + hint + msg[len(head) :]
+        raise RobustfastError(msg) from None
 
 
 def _check_kwargs(entry: Callable[..., nn.Module], kwargs: Mapping[str, Any], name: str) -> None:

@@ -478,10 +478,10 @@ class AdversarialTrainer:
         self._check_state(state)
         try:
             self.model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            first = str(e).splitlines()[0][:300]
-            raise RobustfastError(f"the checkpoint's weights do not fit this model ({first}); resume with the "
-                                  "model the run was trained with") from None  # fmt: skip
+        except RuntimeError:
+            why = _weights_mismatch(self.model, state["model"])
+            raise RobustfastError(f"the checkpoint's weights do not fit this model ({why}); resume with the model "
+                                  "the run was trained with") from None  # fmt: skip
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["lr_scheduler"] is not None:
             self.scheduler.load_state_dict(state["lr_scheduler"])
@@ -626,3 +626,20 @@ class _AttackPolicy:
 
     def __exit__(self, *exc: object) -> None:
         self.attack.bn_mode, self.attack.policy = self.saved
+
+
+def _weights_mismatch(model: nn.Module, saved: dict[str, Any]) -> str:
+    """What differs between a model's parameters and a saved state_dict, in a few words."""
+    mine = model.state_dict()
+    missing = [k for k in mine if k not in saved]
+    extra = [k for k in saved if k not in mine]
+    shapes = [f"{k}: {tuple(saved[k].shape)} saved vs {tuple(v.shape)} here" for k, v in mine.items()
+              if k in saved and hasattr(saved[k], "shape") and saved[k].shape != v.shape]  # fmt: skip
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) of this model are not in the checkpoint, e.g. {missing[0]!r}")
+    if extra:
+        parts.append(f"{len(extra)} saved tensor(s) are not in this model, e.g. {extra[0]!r}")
+    if shapes:
+        parts.append(f"{len(shapes)} shape(s) differ, e.g. {shapes[0]}")
+    return "; ".join(parts) or "the tensors do not load"
