@@ -107,6 +107,22 @@ def test_mid_epoch_checks_abort_the_epoch_and_roll_back(monkeypatch):
     assert hist[1]["step"] == 6 and tr.attack.q == pytest.approx(0.45) and tr.epoch == 2  # aborted after 2 batches
 
 
+def test_the_guard_waits_for_the_eps_warm_up(monkeypatch):
+    # a warm-up of 2 epochs: the model is not yet trained at the full ε the guard probes, so no check until its end
+    script = Script([(0.9, 0.05)] + [(0.45, 0.45)] * 20)  # a first check would flag CO
+    monkeypatch.setattr(diag, "fgsm_pgd_gap", script)
+    torch.manual_seed(0)
+    model = TinyCNN()
+    tr = AdversarialTrainer(model, rf.FGSM(model, 0.1), co_guard=guard(on_co="rollback", every_steps=2),
+                            eps_warmup=2, val_attack=None, progress=False, verbose=False)  # fmt: skip
+    hist = tr.fit(_loader(), 3)
+    # epoch 1 is not checked, and neither are the mid-epoch points of epoch 2 (the ramp ends with it); the first
+    # check, at the end of epoch 2, flags CO and rolls back to the start (no checked state yet), the rerun waits
+    assert [h.get("co_skipped") for h in hist] == ["eps warm-up", None, "eps warm-up", None, None]
+    assert hist["co"] == [None, True, None, False, False] and [h["epoch"] for h in hist] == [1, 2, 1, 2, 3]
+    assert len(script.models) == 4  # ends of epoch 2 (twice), then mid + end of epoch 3: none during the ramp
+
+
 def test_the_guard_refuses_l2_attacks():
     model = TinyCNN()
     with pytest.raises(rf.RobustfastError, match="L∞"):

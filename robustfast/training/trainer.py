@@ -94,7 +94,8 @@ class AdversarialTrainer:
             double-backward regularizers — ``GradAlign(estimator="fd")`` needs none). Graphs are compiled without
             donated buffers, since the step reuses graphs.
         averaging: :class:`EMA` / :class:`SWA` instances (evaluated next to the model, saved in checkpoints).
-        co_guard: a :class:`COGuard` (catastrophic-overfitting detection, rolling back and strengthening).
+        co_guard: a :class:`COGuard` (catastrophic-overfitting detection, rolling back and strengthening). It
+            probes at the full ε, so during an ``eps_warmup`` ramp it waits (history: ``co_skipped``).
         val_attack: attack for validation: ``"pgd"`` (default: PGD-10 in the attack's norm, α = ε/4, seeded random
             start), an :class:`Attack` on ``model``, or ``None`` (clean accuracy only).
         callbacks: duck-typed objects with hook methods (see :mod:`~robustfast.training.callbacks`).
@@ -284,7 +285,7 @@ class AdversarialTrainer:
                 acc = stats[1] / stats[3] if stats[3] else float("nan")
                 bar.set_postfix(loss=stats[0] / stats[2], acc=acc, ips=stats[2] / max(dt, 1e-9))
             if g is not None and g.every_steps and i + 1 < n and (i + 1) % g.every_steps == 0 and g.on_co != "flag":
-                if self._co_check(record=None):
+                if not self._warming_up(epoch + (i + 1) / n, epochs) and self._co_check(record=None):
                     co_mid = True
                     break
         seconds = time.perf_counter() - t0
@@ -358,8 +359,11 @@ class AdversarialTrainer:
             for avg in self.averagers:
                 if avg.model is not None:
                     record.update(self.evaluate(val_loader, prefix=f"{avg.name}_val_", model=avg.model))
-        if self.co_guard is not None and self._co_check(record, already=co_mid):
-            return True
+        if self.co_guard is not None:
+            if self._warming_up(self.epoch + 1, epochs):  # the guard probes at the full ε: it waits for the ramp
+                record["co_skipped"] = "eps warm-up"
+            elif self._co_check(record, already=co_mid):
+                return True
         self.history.append(record)
         self.hooks.call("on_epoch_end", trainer=self, epoch=self.epoch, record=record)
         self._say(self._summary(record, epochs))
@@ -373,6 +377,10 @@ class AdversarialTrainer:
         return False
 
     # ------------------------------------------------------------------ CO guard
+    def _warming_up(self, t: float, epochs: int) -> bool:
+        """Whether the ε warm-up is still below the full ε at (fractional) epoch ``t``."""
+        return self.eps_warmup is not None and self.eps_warmup(t, epochs) < 1.0
+
     def _co_check(self, record: dict[str, Any] | None, already: bool = False) -> bool:
         """Run the guard on the raw model; on CO apply its policy. Returns True when the run was rolled back."""
         g = self.co_guard
