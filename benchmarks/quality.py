@@ -57,7 +57,7 @@ RECIPES: dict[str, tuple[Recipe, float]] = {
     "MultiGrad": (lambda m, e, s: _r(attack=rf.MultiGrad(m, e, seed=s)), 4),
     "FGSM-CKPT": (lambda m, e, s: _r(attack=rf.FGSMCKPT(m, e, seed=s)), 3),
     "FGSM-N": (lambda m, e, s: _r(attack=rf.FGSMN(m, e, seed=s)), 2),
-    "Free-AT (m=4)": (lambda m, e, s: _r(attack=rf.FreeAT(m, e, replays=4)), 1),
+    "Free-AT (m=4)": (lambda m, e, s: _r(attack=rf.FreeAT(m, e, 4)), 1),
     "FGSM-PGI": (lambda m, e, s: _r(attack=rf.FGSMPGI(m, e, seed=s), criterion=rf.PGILoss()), 3),
     "GAT": (lambda m, e, s: _r(attack=rf.GATAttack(m, e, seed=s), criterion=rf.GATLoss()), 3),
     "NuAT": (lambda m, e, s: _r(attack=rf.NuATAttack(m, e, seed=s), criterion=rf.NuATLoss()), 3),

@@ -90,3 +90,17 @@ def test_gradalign_fd_quick(fashion_mnist, outputs):
         assert re.search(rf"^\| {method} \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|$", text, re.M), method
     cos = float(re.search(r"trained fd models: (-?[0-9.]+)", text).group(1))
     assert -1.0 <= cos <= 1.0
+
+
+def test_every_quality_recipe_builds():
+    # the full run builds every method at startup; a recipe out of step with its class's signature would only
+    # fail there (``--quick`` trains 3 methods)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import _protocol as P
+        import quality
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    for name, (recipe, _) in quality.RECIPES.items():
+        parts = recipe(P.cnn(8), 0.2, 0)
+        assert name == "Standard" or parts["attack"] is not None, name
