@@ -7,6 +7,9 @@
   layer, no BatchNorm.
 * **Optimizer**: Adam with a one-cycle learning rate peaking at 3e-3 at 40% of training (``OneCycle``, torch's
   ``OneCycleLR``), batch 128, attacks crafted in train mode (the trainer's default).
+* **Length**: 10 epochs on Fashion-MNIST (12,000 images: 94 steps per epoch); ``DIGITS_EPOCHS`` = 100 on digits (9
+  steps per epoch). At 20–30 digits epochs (180–270 steps) PGD-10 training at ε = 0.3 had not left chance level
+  (7.6% clean); at 100 epochs it converges (PGD-20 ≈ 35–45%, plateauing after about 75 epochs).
 * **Evaluation** (fp32, eval mode): clean accuracy; PGD-K-R with step ε/4, uniform random starts, the per-example
   worst case over restarts; AutoAttack through ``robustfast.evaluate``.
 """
@@ -27,6 +30,7 @@ from robustfast.data import load_digits_tensors, load_fashion_mnist_tensors
 from robustfast.training import OneCycle
 
 BATCH = 128
+DIGITS_EPOCHS = 100
 PEAK_LR = 3e-3
 
 

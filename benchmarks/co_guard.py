@@ -1,7 +1,7 @@
 """Does the catastrophic-overfitting guard rescue runs, without firing on runs that do not collapse?
 
 Protocol (``_protocol.py``): Fashion-MNIST (12,000 training images) or digits, the 2-conv CNN, Adam with a
-one-cycle learning rate (peak 3e-3 at 40%), batch 128, 10 epochs (digits: 30), attacks in train mode. The guard
+one-cycle learning rate (peak 3e-3 at 40%), batch 128, 10 epochs (digits: 100), attacks in train mode. The guard
 uses 256 images held out of the training split. After every epoch the test PGD-20 accuracy (step ε/4) is measured
 on ``--n-epoch-eval`` test points; the final model gets PGD-20 on ``--n-test`` points.
 
@@ -153,9 +153,9 @@ def evaluate_saved(out_dir: Path, aa_seeds: tuple[int, ...] = (0,), workers: int
                      "aa_seeds": sum(x.get("aa") is not None for x in rs),
                      "collapsed": sum(P.collapsed(x["curve"]) for x in rs), "cost": None})  # fmt: skip
     meta = (f"Command: `python benchmarks/co_guard.py --evaluate --out {out_dir}` on the weights of the co_guard runs "
-            f"(Fashion-MNIST 28×28, 12,000 training images, 10 epochs; digits 30 epochs; Adam one-cycle); machine: "
-            f"{machine()}; date: {datetime.date.today()}; PGD-50-10 on the first 1,000 test points (digits: 450), "
-            f"AutoAttack (APGD-CE + APGD-T, 3 targets) on seeds {list(aa_seeds)}.")  # fmt: skip
+            f"(Fashion-MNIST 28×28, 12,000 training images, 10 epochs; digits {P.DIGITS_EPOCHS} epochs; Adam "
+            f"one-cycle); machine: {machine()}; date: {datetime.date.today()}; PGD-50-10 on the first 1,000 test "
+            f"points (digits: 450), AutoAttack (APGD-CE + APGD-T, 3 targets) on seeds {list(aa_seeds)}.")  # fmt: skip
     path = out_dir.with_name(out_dir.name + "_quality.json")
     path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     return path
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-test", type=int, default=1000)
     p.add_argument("--n-epoch-eval", type=int, default=500)
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--digits-epochs", type=int, default=30)
+    p.add_argument("--digits-epochs", type=int, default=P.DIGITS_EPOCHS)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", type=Path, default=None, help="folder of per-run JSON files (reused), plus <out>.md")
     p.add_argument("--evaluate", action="store_true", help="PGD-50-10 / AutoAttack of the saved models in --out")

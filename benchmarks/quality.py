@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-train", type=int, default=4000, help="Fashion-MNIST training images")
     p.add_argument("--downsample", type=int, default=1, help="Fashion-MNIST average-pooling factor (2: 14x14)")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--digits-epochs", type=int, default=20)
+    p.add_argument("--digits-epochs", type=int, default=P.DIGITS_EPOCHS)
     p.add_argument("--n-eval", type=int, default=1000, help="test points of the final evaluation")
     p.add_argument("--aa", choices=["lite", "standard", "none"], default="lite")
     p.add_argument("--aa-seeds", type=int, nargs="*", default=None, help="seeds evaluated with AutoAttack (all)")
