@@ -418,3 +418,22 @@ def test_co_rollbacks_are_capped(digits):
     )
     assert hist["co"] == [True, True, True, False] and guard.n_rollbacks == 2 and atk.q == pytest.approx(0.4)
     assert hist["epoch"] == [1, 1, 1, 2]  # third CO only flagged, training went on
+
+
+def test_co_after_the_last_rollback_ends_on_the_best_state(digits):
+    xtr, ytr, *_ = digits
+    model = digits_cnn()
+    atk = rf.ZeroGrad(model, 0.1, q=0.2, seed=0)
+    seen = []
+
+    class KeepWeights:  # the weights at each epoch end that was kept
+        def on_epoch_end(self, trainer):
+            seen.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+
+    guard = ScriptedGuard({1, 2, 3}, on_co="rollback", max_rollbacks=2)  # epoch 1 passes, epoch 2 keeps collapsing
+    tr = AdversarialTrainer(model, atk, co_guard=guard, val_attack=None, callbacks=[KeepWeights()], progress=False)
+    hist = tr.fit(loader(xtr[:128], ytr[:128]), 4)
+    assert hist["co"] == [False, True, True, True] and guard.n_rollbacks == 2 and atk.q == pytest.approx(0.4)
+    assert hist[3]["rolled_back_to"] == 1 and hist[3]["strengthened"] is None
+    assert tr.should_stop and tr.epoch == 1 and tr.step == 2  # ended on the end of epoch 1, the best state
+    assert len(seen) == 1 and all(torch.equal(seen[0][k], v) for k, v in model.state_dict().items())

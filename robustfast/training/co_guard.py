@@ -18,7 +18,8 @@ seen (highest guard PGD accuracy: model, optimizer, scheduler, scaler, averagers
 lets the method strengthen itself (:meth:`robustfast.component.Component.strengthen`: a larger λ for GradAlign,
 a larger q for ZeroGrad, noise or a smaller step for FGSM...) and continues; ``"stop"`` ends training. Strengthening
 accumulates across rollbacks. With nothing to strengthen, training ends on the restored best state. At most
-``max_rollbacks`` rollbacks happen; after that CO is only flagged.
+``max_rollbacks`` rollbacks happen; a further CO restores the best state once more and ends training there (a
+run never ends collapsed; before any epoch passed a check there is no best state, and CO is only flagged).
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ class COGuard:
         strengthen: which parts strengthen on rollback: ``"first"`` (default: the first part that can, in the
             order regularizers, training loss, attack, plugins), ``"all"``, or a callable
             ``(components) -> description | None``.
-        max_rollbacks: cap on rollbacks (default 3).
+        max_rollbacks: cap on rollbacks that strengthen and continue (default 3); a CO after them ends training on
+            the best state.
         pgd_steps: PGD iterations (default 10, α = ε/4, 1 restart).
         seed: seed of the PGD random start (default 0), so checks are comparable across epochs.
     """

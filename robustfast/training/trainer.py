@@ -419,6 +419,17 @@ class AdversarialTrainer:
             else:
                 self._good = self._snapshot(self.epoch)
             return True
+        if g.on_co == "rollback" and self._good is not None and g.best_epoch is not None:
+            # rollbacks used up: never end on a collapsed model; end with the best state (a checked epoch end)
+            self.load_state_dict(self._good, load_history=False, load_guard=False)
+            record.update(rolled_back_to=self.epoch, strengthened=None)
+            self.history.append(record)
+            self.hooks.call("on_rollback", trainer=self, epoch=self.epoch, record=record)
+            self._say(f"catastrophic overfitting at epoch {record['epoch']} ({record['co_reason']}) after "
+                      f"max_rollbacks={g.max_rollbacks} rollbacks: restored the best state (epoch {self.epoch}) "
+                      "and stopped")  # fmt: skip
+            self.should_stop = True
+            return True
         self._say(f"catastrophic overfitting at epoch {record['epoch']} ({record['co_reason']})"
                   + ("; stopping" if g.on_co == "stop" else ""))  # fmt: skip
         if g.on_co == "stop":
