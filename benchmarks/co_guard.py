@@ -272,8 +272,9 @@ def main(argv: list[str] | None = None) -> None:
             if out_dir is not None:
                 j["key"], j["save_dir"] = key(j), str(out_dir)
             f = out_dir / f"{key(j)}.json" if out_dir is not None else None
-            if f is not None and f.is_file():
-                done.append(json.loads(f.read_text()))
+            cached = json.loads(f.read_text()) if f is not None and f.is_file() else None
+            if cached is not None and all(cached.get(k) == v for k, v in j.items()):  # same protocol (epochs, ...)
+                done.append(cached)
             else:
                 todo.append(j)
         todo.sort(key=lambda j: -COST.get(j["method"].split("(")[0], 1) * (3 if j["dataset"] != "digits" else 1))

@@ -286,8 +286,9 @@ def main(argv: list[str] | None = None) -> None:
     runs, todo = [], []
     for j in jobs:
         f = cache / f"{key(j)}.json" if cache is not None else None
-        if f is not None and f.is_file():
-            runs.append(json.loads(f.read_text()))
+        cached = json.loads(f.read_text()) if f is not None and f.is_file() else None
+        if cached is not None and all(cached.get(k) == v for k, v in j.items()):  # same protocol (epochs, ...)
+            runs.append(cached)
         else:
             todo.append(j)
     todo.sort(key=lambda j: -RECIPES[j["method"]][1] * (4 if j["dataset"] != "digits" else 1))
