@@ -77,6 +77,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     guard = COGuard(data["xg"], data["yg"], on_co=job["mode"])
     tr = AdversarialTrainer(model, optimizer=P.optimizer(model), lr_schedule=P.schedule(), co_guard=guard,
                             val_attack=None, callbacks=[EpochEval()], progress=False, verbose=False, seed=job["seed"],
+                            eps_warmup=P.eps_warmup(eps, job["epochs"]),
                             **parts(job["method"], model, eps, job["seed"]))  # fmt: skip
     t0, c0 = time.perf_counter(), time.process_time()
     tr.fit(P.loader(data, job["seed"]), job["epochs"])
@@ -258,7 +259,8 @@ def main(argv: list[str] | None = None) -> None:
             for seed in args.seeds:
                 jobs.append({"dataset": ds, "eps": float(eps), "method": m, "seed": seed, "mode": "flag",
                              "epochs": args.digits_epochs if ds == "digits" else args.epochs, "n_train": args.n_train,
-                             "n_test": args.n_test, "n_epoch_eval": args.n_epoch_eval})  # fmt: skip
+                             "n_test": args.n_test, "n_epoch_eval": args.n_epoch_eval,
+                             **({"warmup": "10%"} if P.eps_warmup(float(eps), 10) else {})})  # fmt: skip
     out_dir = args.out
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -106,8 +106,10 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     replays = getattr(parts.get("attack"), "replays", 1) or 1
     if replays > 1:  # Free-AT: each minibatch serves `replays` steps, so the passes over the data are divided
         epochs = max(1, round(epochs / replays))
+    warm = P.eps_warmup(eps, epochs) if parts.get("attack") is not None else 0
     tr = AdversarialTrainer(model, optimizer=P.optimizer(model), lr_schedule=P.schedule(), val_attack=None,
-                            callbacks=[Curve()], progress=False, verbose=False, seed=seed, **parts)  # fmt: skip
+                            callbacks=[Curve()], progress=False, verbose=False, seed=seed, eps_warmup=warm,
+                            **parts)  # fmt: skip
     t0 = time.process_time()
     tr.fit(P.loader(data, seed), epochs)
     cpu = time.process_time() - t0
@@ -122,7 +124,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     return {**job, "epochs_run": epochs, "cpu_seconds": cpu, "clean": acc["clean"], "pgd20": acc["pgd-20"],
             "pgd50": acc.get("pgd-50-10"),
             "aa": next((v for k, v in acc.items() if k.startswith("autoattack") or k.startswith("apgd")), None),
-            "worst": rep.worst_case_accuracy, "curve": curve,
+            "worst": rep.worst_case_accuracy, "curve": curve, "eps_warmup_epochs": warm,
             "lam": [h.get(k) for h in tr.history for k in h if k.startswith("lam_")]}  # fmt: skip
 
 
@@ -275,7 +277,8 @@ def main(argv: list[str] | None = None) -> None:
                 down = args.downsample if ds != "digits" else 1
                 jobs.append({"dataset": ds, "eps": float(eps), "method": m, "seed": seed, "aa": aa, "epochs": epochs,
                              "n_train": args.n_train, "downsample": down, "n_eval": args.n_eval,
-                             "pgd50": pgd50})  # fmt: skip
+                             "pgd50": pgd50,
+                             **({"warmup": "10%"} if P.eps_warmup(float(eps), epochs) else {})})  # fmt: skip
     cache = args.out.parent / f"{args.out.name}_runs" if args.out else None
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
