@@ -8,7 +8,7 @@ on ``--n-epoch-eval`` test points; the final model gets PGD-20 on ``--n-test`` p
 Every (dataset, ε, method, seed) is run with the guard in ``"flag"`` mode (it only records its checks: the run is
 the unguarded run) and, when the guard flagged anything there, again in ``"rollback"`` mode (a run the guard never
 flags is identical in both modes: the guard draws no training randomness). A run *collapsed* when its test PGD-20
-accuracy at some epoch fell below half of its best earlier epoch's.
+accuracy at some epoch fell below half of its best earlier epoch's (a best of at least 15%).
 
     python benchmarks/co_guard.py --quick                       # CI: digits, 1 seed, 2 epochs, 2 methods
     python benchmarks/co_guard.py --out docs/benchmarks/co_guard --workers 2

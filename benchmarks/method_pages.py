@@ -41,8 +41,8 @@ def block(results: list[dict], methods: list[str]) -> str:
     intro = (
         "**Accuracy and cost on public offline data** ([Benchmarks](../benchmarks.md#quality-on-public-offline-data)): "
         "mean ± std over seeds of the final model; *collapsed* counts the runs whose per-epoch PGD accuracy fell below "
-        "half of its best earlier value (catastrophic overfitting); cost is training CPU time relative to standard "
-        "training's at the same setting and seed. Standard and PGD-10 rows for reference."
+        "half of its best earlier value, itself at least 15% (catastrophic overfitting); cost is training CPU time "
+        "relative to standard training's at the same setting and seed. Standard and PGD-10 rows for reference."
     )
     out = [BEGIN, "", intro, ""]
     for res in results:

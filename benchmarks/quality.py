@@ -12,7 +12,8 @@ case) and AutoAttack (``--aa``: ``lite`` = APGD-CE + APGD-T with 3 target classe
 the ``standard`` version; ``--aa-seeds`` limits it to some seeds) on the first ``--n-eval`` test points; the test
 PGD-10 accuracy on 200 points after every epoch (the curves); the training cost in CPU seconds of the training
 process (one torch thread), divided by standard training's at the same setting and seed. A run *collapsed*
-(catastrophic overfitting) when its per-epoch PGD-10 accuracy fell below half of its best earlier epoch's.
+(catastrophic overfitting) when its per-epoch PGD-10 accuracy fell below half of its best earlier epoch's (a best
+of at least 15%). At ε ≥ 0.3, ε ramps up over the first 10% of the epochs (``_protocol.eps_warmup``).
 
     python benchmarks/quality.py --quick                           # CI: digits, 1 seed, 2 epochs, 3 methods
     python benchmarks/quality.py --workers 2 --out docs/benchmarks/quality     # the full run
