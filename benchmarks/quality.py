@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="digits, one ε, one seed, 2 epochs, 3 methods (CI)")
     p.add_argument("--settings", nargs="+", default=["fashion_mnist:0.1", "fashion_mnist:0.2", "fashion_mnist:0.3",
-                                                      "digits:0.2", "digits:0.3"])  # fmt: skip
+                                                      "digits:0.1", "digits:0.2"])  # fmt: skip
     p.add_argument("--methods", nargs="+", default=None, help="default: every method available")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--n-train", type=int, default=4000, help="Fashion-MNIST training images")
