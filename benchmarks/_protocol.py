@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -120,3 +121,33 @@ def collapsed(curve: list[float], floor: float = 0.15) -> bool:
             return True
         best = max(best, v)
     return False
+
+
+Line = tuple[list[float], str, float]  # (per-epoch accuracies, colour, alpha)
+
+
+def curve_grid(panels: list[tuple[str, list[Line]]], ylabel: str, xlabel: str, path: Path, cols: int = 4) -> Path:
+    """Per-epoch accuracy curves, one panel per ``(title, lines)``, in a grid sharing the y axis; saved to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = max(1, min(cols, len(panels)))
+    nrow = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(nrow, cols, figsize=(3.7 * cols, 2.7 * nrow), squeeze=False, sharey=True)
+    for ax, (title, lines) in zip(axes.flat, panels, strict=False):
+        for curve, color, alpha in lines:
+            ax.plot(range(1, len(curve) + 1), [100 * v for v in curve], marker=".", color=color, alpha=alpha)
+        ax.set_title(title, fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    for ax in axes[-1]:
+        ax.set_xlabel(xlabel)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

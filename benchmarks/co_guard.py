@@ -126,40 +126,18 @@ def summarize(runs: list[dict[str, Any]]) -> str:
 def plot(runs: list[dict[str, Any]], path: Path) -> Path | None:
     """Per-epoch test PGD-20 of every run the guard flagged: unguarded (grey, red where it collapsed) and with the
     guard rolling back (blue; its epochs include the replayed ones), one panel per (dataset, ε, method)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     roll = {(r["dataset"], r["eps"], r["method"], r["seed"]): r for r in runs if r["mode"] == "rollback"}
-    panels: dict[tuple, list[tuple[dict, dict]]] = {}
+    panels: dict[tuple, list[P.Line]] = {}
     for r in sorted((r for r in runs if r["mode"] == "flag"), key=lambda r: r["seed"]):
         g = roll.get((r["dataset"], r["eps"], r["method"], r["seed"]))
         if g is not None:
-            panels.setdefault((r["dataset"], r["eps"], r["method"]), []).append((r, g))
+            panels.setdefault((r["dataset"], r["eps"], r["method"]), []).extend(
+                [(r["curve"], "tab:red" if P.collapsed(r["curve"]) else "tab:gray", 0.7), (g["curve"], "tab:blue", 0.8)]
+            )
     if not panels:
         return None
-    cols = min(4, len(panels))
-    nrow = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(nrow, cols, figsize=(3.8 * cols, 2.8 * nrow), squeeze=False, sharey=True)
-    for ax, ((ds, eps, method), pairs) in zip(axes.flat, sorted(panels.items()), strict=False):
-        for r, g in pairs:
-            ax.plot(range(1, len(r["curve"]) + 1), [100 * v for v in r["curve"]], marker=".", alpha=0.7,
-                    color="tab:red" if P.collapsed(r["curve"]) else "tab:gray")  # fmt: skip
-            ax.plot(range(1, len(g["curve"]) + 1), [100 * v for v in g["curve"]], marker=".", color="tab:blue",
-                    alpha=0.8)  # fmt: skip
-        ax.set_title(f"{ds} ε={eps:g}\n{method}", fontsize=8)
-        ax.grid(alpha=0.3)
-    for ax in axes.flat[len(panels) :]:
-        ax.axis("off")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("test PGD-20 %")
-    for ax in axes[-1]:
-        ax.set_xlabel("epochs run")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    titled = [(f"{ds} ε={eps:g}\n{method}", lines) for (ds, eps, method), lines in sorted(panels.items())]
+    return P.curve_grid(titled, "test PGD-20 %", "epochs run", path)
 
 
 def evaluate_saved(out_dir: Path, aa_seeds: tuple[int, ...] = (0,), workers: int = 2) -> Path:

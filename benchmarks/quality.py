@@ -199,7 +199,7 @@ def plots(rows: list[dict[str, Any]], runs: list[dict[str, Any]], out: Path) -> 
         key, label = "pgd50", "PGD-50-10"
         if not all(r["pgd50"] and r.get("pgd50_seeds", r["seeds"]) == r["seeds"] for r in sub):
             key, label = "pgd20", "PGD-20"
-        epss = sorted({r["eps"] for r in sub})
+        epss = sorted({r["eps"] for r in rows if r["dataset"] == ds})  # a setting without Standard has no cost
         fig, axes = plt.subplots(1, len(epss), figsize=(5.2 * len(epss), 4.4), squeeze=False)
         for ax, eps in zip(axes[0], epss, strict=True):
             for r in (r for r in sub if r["eps"] == eps):
@@ -221,26 +221,10 @@ def plots(rows: list[dict[str, Any]], runs: list[dict[str, Any]], out: Path) -> 
         if eps is None:
             continue
         sel = [r for r in runs if r["dataset"] == ds and r["eps"] == eps and r["curve"]]
-        methods = [m for m in RECIPES if any(r["method"] == m for r in sel)]
-        cols = 4
-        nrow = (len(methods) + cols - 1) // cols
-        fig, axes = plt.subplots(nrow, cols, figsize=(3.6 * cols, 2.6 * nrow), squeeze=False, sharey=True)
-        for ax, m in zip(axes.flat, methods, strict=False):
-            for r in sorted((r for r in sel if r["method"] == m), key=lambda r: r["seed"]):
-                ax.plot(range(1, len(r["curve"]) + 1), [100 * v for v in r["curve"]], marker=".",
-                        color="tab:red" if P.collapsed(r["curve"]) else "tab:blue", alpha=0.8)  # fmt: skip
-            ax.set_title(m, fontsize=9)
-            ax.grid(alpha=0.3)
-        for ax in axes.flat[len(methods) :]:
-            ax.axis("off")
-        for ax in axes[:, 0]:
-            ax.set_ylabel("test PGD-10 %")
-        for ax in axes[-1]:
-            ax.set_xlabel("epoch")
-        fig.tight_layout()
-        p = out.parent / f"{out.name}_curves_{ds}.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
+        panels = [(m, [(r["curve"], "tab:red" if P.collapsed(r["curve"]) else "tab:blue", 0.8)
+                       for r in sorted((r for r in sel if r["method"] == m), key=lambda r: r["seed"])])
+                  for m in RECIPES if any(r["method"] == m for r in sel)]  # fmt: skip
+        p = P.curve_grid(panels, "test PGD-10 %", "epoch", out.parent / f"{out.name}_curves_{ds}.png")
         paths.append(p)
     return paths
 
