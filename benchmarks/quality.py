@@ -88,6 +88,13 @@ def available(method: str) -> bool:
     return True
 
 
+def _same_protocol(cached: dict[str, Any], job: dict[str, Any]) -> bool:
+    """Whether a cached run was made under ``job``'s protocol (its ``aa`` and ``pgd50`` fields hold accuracies)."""
+    if (job["aa"] != "none" and cached.get("aa") is None) or (job["pgd50"] and cached.get("pgd50") is None):
+        return False
+    return all(cached.get(k) == v for k, v in job.items() if k not in ("aa", "pgd50"))
+
+
 def run(job: dict[str, Any]) -> dict[str, Any]:
     """Train and evaluate one (dataset, ε, method, seed) in a worker process (one torch thread)."""
     torch.set_num_threads(1)
@@ -275,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     for j in jobs:
         f = cache / f"{key(j)}.json" if cache is not None else None
         cached = json.loads(f.read_text()) if f is not None and f.is_file() else None
-        if cached is not None and all(cached.get(k) == v for k, v in j.items()):  # same protocol (epochs, ...)
+        if cached is not None and _same_protocol(cached, j):
             runs.append(cached)
         else:
             todo.append(j)
