@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
                 down = args.downsample if ds != "digits" else 1
                 jobs.append({"dataset": ds, "eps": float(eps), "method": m, "seed": seed, "aa": aa, "epochs": epochs,
                              "n_train": args.n_train, "downsample": down, "n_eval": args.n_eval,
-                             "pgd50": pgd50,
+                             "pgd50": pgd50, "cost_clock": "fit minus curve",
                              **({"warmup": "10%"} if P.eps_warmup(float(eps), epochs) else {})})  # fmt: skip
     cache = args.out.parent / f"{args.out.name}_runs" if args.out else None
     if cache is not None:
