@@ -400,35 +400,32 @@ class AdversarialTrainer:
                 g.best_epoch = self.epoch + 1
             return False
         record["co_reason"] = res.reason or "flagged mid-epoch"
-        if g.on_co == "rollback" and g.n_rollbacks < g.max_rollbacks and self._good is not None:
+        spare = g.n_rollbacks < g.max_rollbacks
+        # roll back while rollbacks remain; once they are used up, still end on the best state (a checked epoch end)
+        # rather than on a collapsed model
+        if g.on_co == "rollback" and self._good is not None and (spare or g.best_epoch is not None):
             levels = [c.strength for c in self.components]  # strengthening accumulates over rollbacks
             self.load_state_dict(self._good, load_history=False, load_guard=False)
-            for c, level in zip(self.components, levels):
-                while c.strength < level and c.strengthen() is not None:
-                    pass
-            change = g.strengthen_components(self.components)
-            g.n_rollbacks += 1
+            change = None
+            if spare:
+                for c, level in zip(self.components, levels):
+                    while c.strength < level and c.strengthen() is not None:
+                        pass
+                change = g.strengthen_components(self.components)
+                g.n_rollbacks += 1
             record.update(rolled_back_to=self.epoch, strengthened=change)
             self.history.append(record)
             self.hooks.call("on_rollback", trainer=self, epoch=self.epoch, record=record)
-            what = f"strengthened: {change}" if change else "nothing to strengthen; stopping"
+            if not spare:
+                what = f"max_rollbacks={g.max_rollbacks} used up: stopping on the best state"
+            else:
+                what = f"strengthened: {change}" if change else "nothing to strengthen; stopping"
             self._say(f"catastrophic overfitting at epoch {record['epoch']} ({record['co_reason']}): rolled back to "
                       f"epoch {self.epoch}, {what}")  # fmt: skip
-            if change is None:  # nothing to strengthen: end with the restored best state
+            if change is None:  # nothing (more) to strengthen: end with the restored best state
                 self.should_stop = True
             else:
                 self._good = self._snapshot(self.epoch)
-            return True
-        if g.on_co == "rollback" and self._good is not None and g.best_epoch is not None:
-            # rollbacks used up: never end on a collapsed model; end with the best state (a checked epoch end)
-            self.load_state_dict(self._good, load_history=False, load_guard=False)
-            record.update(rolled_back_to=self.epoch, strengthened=None)
-            self.history.append(record)
-            self.hooks.call("on_rollback", trainer=self, epoch=self.epoch, record=record)
-            self._say(f"catastrophic overfitting at epoch {record['epoch']} ({record['co_reason']}) after "
-                      f"max_rollbacks={g.max_rollbacks} rollbacks: restored the best state (epoch {self.epoch}) "
-                      "and stopped")  # fmt: skip
-            self.should_stop = True
             return True
         self._say(f"catastrophic overfitting at epoch {record['epoch']} ({record['co_reason']})"
                   + ("; stopping" if g.on_co == "stop" else ""))  # fmt: skip
