@@ -77,7 +77,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     guard = COGuard(data["xg"], data["yg"], on_co=job["mode"])
     tr = AdversarialTrainer(model, optimizer=P.optimizer(model), lr_schedule=P.schedule(), co_guard=guard,
                             val_attack=None, callbacks=[EpochEval()], progress=False, verbose=False, seed=job["seed"],
-                            eps_warmup=P.eps_warmup(eps, job["epochs"]),
+                            eps_warmup=job.get("eps_warmup", 0),
                             **parts(job["method"], model, eps, job["seed"]))  # fmt: skip
     t0, c0 = time.perf_counter(), time.process_time()
     tr.fit(P.loader(data, job["seed"]), job["epochs"])
@@ -235,10 +235,11 @@ def main(argv: list[str] | None = None) -> None:
         methods = list(args.methods) + (list(EXTRA) if s in args.extra else [])
         for m in methods:
             for seed in args.seeds:
+                epochs = args.digits_epochs if ds == "digits" else args.epochs
+                warm = P.eps_warmup(float(eps), epochs)  # in the job (when any), so the cache tells runs apart
                 jobs.append({"dataset": ds, "eps": float(eps), "method": m, "seed": seed, "mode": "flag",
-                             "epochs": args.digits_epochs if ds == "digits" else args.epochs, "n_train": args.n_train,
-                             "n_test": args.n_test, "n_epoch_eval": args.n_epoch_eval,
-                             **({"warmup": "10%"} if P.eps_warmup(float(eps), 10) else {})})  # fmt: skip
+                             "epochs": epochs, "n_train": args.n_train, "n_test": args.n_test,
+                             "n_epoch_eval": args.n_epoch_eval, **({"eps_warmup": warm} if warm else {})})  # fmt: skip
     out_dir = args.out
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -270,7 +271,8 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     runs = execute(jobs)
     again = [{**r, "mode": "rollback"} for r in runs if r["flags"] > 0]
-    again = [{k: v for k, v in j.items() if k in jobs[0]} for j in again]
+    job_keys = set().union(*jobs)  # a run's result holds its job's fields (eps_warmup only where there is one)
+    again = [{k: v for k, v in j.items() if k in job_keys} for j in again]
     runs += execute(again)
     table = summarize(runs)
     when = datetime.date.today().isoformat()
