@@ -1,15 +1,16 @@
 """The benchmark protocol shared by ``quality.py`` and ``co_guard.py`` (public, offline data).
 
-* **Data**: Fashion-MNIST (Debian's ``dataset-fashion-mnist``) or scikit-learn's digits. A fixed random training
+* **Data**: Fashion-MNIST (Debian's ``dataset-fashion-mnist``), scikit-learn's digits (8×8) or ``digits16`` (the
+  same digits upsampled bilinearly to 16×16: four times the pixels, the same 1,797 images). A fixed random training
   subset; a held-out batch taken from the *training* split for the CO guard (disjoint from the test points we
   report); the first test points for evaluation. ``downsample=2`` average-pools Fashion-MNIST to 14×14.
 * **Model**: a 2-conv CNN (16/32 channels, 3×3, each followed by ReLU and 2×2 max-pool) and a 100-unit hidden
   layer, no BatchNorm.
 * **Optimizer**: Adam with a one-cycle learning rate peaking at 3e-3 at 40% of training (``OneCycle``, torch's
   ``OneCycleLR``), batch 128, attacks crafted in train mode (the trainer's default).
-* **Length**: 10 epochs on Fashion-MNIST (12,000 images: 94 steps per epoch); ``DIGITS_EPOCHS`` = 100 on digits (9
-  steps per epoch). At 20–30 digits epochs (180–270 steps) PGD-10 training at ε = 0.3 had not left chance level
-  (7.6% clean); at 100 epochs it converges (PGD-20 ≈ 35–45%, plateauing after about 75 epochs).
+* **Length**: 10 epochs on Fashion-MNIST (12,000 images: 94 steps per epoch); ``DIGITS_EPOCHS`` = 100 on digits and
+  digits16 (9 steps per epoch). At 20–30 digits epochs (180–270 steps) PGD-10 training at ε = 0.3 had not left chance
+  level (7.6% clean); at 100 epochs it converges (PGD-20 ≈ 35–45%, plateauing after about 75 epochs).
 * **ε warm-up at the largest ε** (``eps_warmup``): at ε ≥ 0.3 the attack's ε (and step) ramps linearly over the
   first 10% of the epochs, for every method, as GradAlign's code does on SVHN, where training otherwise stays at
   a constant classifier. Without it, on Fashion-MNIST at ε = 0.3 PGD-10 stayed at chance level in 2 of 3 seeds, and
@@ -38,6 +39,8 @@ from robustfast.training import OneCycle
 
 BATCH = 128
 DIGITS_EPOCHS = 100
+#: The digits datasets (100 epochs, all their 450 test points).
+DIGITS = ("digits", "digits16")
 PEAK_LR = 3e-3
 
 
@@ -56,8 +59,10 @@ def cnn(side: int, widths: tuple[int, int, int] = (16, 32, 100)) -> nn.Module:
 def load(dataset: str, n_train: int, n_test: int, n_guard: int = 256, downsample: int = 1) -> dict[str, torch.Tensor]:
     """``{"x", "y"}`` training subset, ``{"xg", "yg"}`` guard batch (held out of the training split) and
     ``{"xt", "yt"}`` test points, all fixed by seed 0."""
-    if dataset == "digits":
+    if dataset in DIGITS:
         xtr, ytr, xte, yte = load_digits_tensors(seed=0)
+        if dataset == "digits16":
+            xtr, xte = (F.interpolate(t, size=16, mode="bilinear", align_corners=False).clamp(0, 1) for t in (xtr, xte))
     elif dataset == "fashion_mnist":
         xtr, ytr, xte, yte = load_fashion_mnist_tensors(n_train=n_train + n_guard, n_test=n_test, seed=0)
         if downsample > 1:

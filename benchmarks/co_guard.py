@@ -1,14 +1,23 @@
-"""Does the catastrophic-overfitting guard rescue runs, without firing on runs that do not collapse?
+"""Does the catastrophic-overfitting guard keep its promise: no guarded run ends far below its best checked epoch,
+runs that collapse are rescued, runs that do not are left alone?
 
-Protocol (``_protocol.py``): Fashion-MNIST (12,000 training images) or digits, the 2-conv CNN, Adam with a
-one-cycle learning rate (peak 3e-3 at 40%), batch 128, 10 epochs (digits: 100), attacks in train mode. The guard
-uses 256 images held out of the training split. After every epoch the test PGD-20 accuracy (step ε/4) is measured
-on ``--n-epoch-eval`` test points; the final model gets PGD-20 on ``--n-test`` points.
+Protocol (``_protocol.py``): Fashion-MNIST (12,000 training images), digits or digits16 (digits upsampled to 16×16),
+the 2-conv CNN, Adam with a one-cycle learning rate (peak 3e-3 at 40%), batch 128, 10 epochs (digits: 100), attacks
+in train mode, ε warm-up over the first 10% of the epochs at ε ≥ 0.3. The guard uses 256 images held out of the
+training split. After every epoch the test PGD-20 accuracy (step ε/4) is measured on ``--n-epoch-eval`` test
+points (the curve); the final model gets clean accuracy and PGD-20 on ``--n-test`` points.
 
-Every (dataset, ε, method, seed) is run with the guard in ``"flag"`` mode (it only records its checks: the run is
-the unguarded run) and, when the guard flagged anything there, again in ``"rollback"`` mode (a run the guard never
-flags is identical in both modes: the guard draws no training randomness). A run *collapsed* when its test PGD-20
-accuracy at some epoch fell below half of its best earlier epoch's (a best of at least 15%).
+Every (dataset, ε, method, seed) runs once with the guard in ``"flag"`` mode and ``restore_best=True``: it only
+records its checks during training, so up to the last epoch this *is* the unguarded run (its final weights are
+taken at the last epoch end, before anything is restored); then the end-of-training restore gives what the guarded
+run returns when the guard never flagged (a guarded run that is never flagged trains identically: the guard draws no
+training randomness). When the guard flagged anything, the run is trained again with ``on_co="rollback"``.
+
+Per run: *collapsed* (the unguarded curve fell below half of its best earlier epoch, a best of at least 15%), *ends
+collapsed* (the final model's PGD-20 on the curve points is below half of the curve's best), rollbacks, the
+end-of-training restore, and **final − best checked epoch**: the final model's PGD-20 on the curve points minus the
+curve's value at the epoch the guard judged best (the same points and attack seed, so a run that ends on that state
+scores exactly 0). "final − best epoch" compares with the curve's maximum instead, a max of noisy measurements.
 
     python benchmarks/co_guard.py --quick                       # CI: digits, 1 seed, 2 epochs, 2 methods
     python benchmarks/co_guard.py --out docs/benchmarks/co_guard --workers 2
@@ -54,8 +63,8 @@ def parts(method: str, model: torch.nn.Module, eps: float, seed: int) -> dict[st
     raise ValueError(method)
 
 
-METHODS = ("FGSM", "FGSM+GradAlign(λ=0.5)", "RS", "N-FGSM", "PGD-10", "FGSM+ELLE-A")
-EXTRA = ("FGSM+GradAlign(λ=1.0)", "FGSM+GradAlign(λ=2.0)")  # fixed λ, for the "best fixed λ" comparison
+METHODS = ("FGSM", "FGSM+GradAlign(λ=0.5)", "FGSM+GradAlign(λ=1.0)", "FGSM+GradAlign(λ=2.0)", "FGSM+ELLE-A", "RS",
+           "N-FGSM", "PGD-10")  # fmt: skip
 COST = {"PGD-10": 6, "FGSM+GradAlign": 3, "FGSM+ELLE-A": 2.5}
 
 
@@ -66,147 +75,138 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(job["seed"])
     side = data["x"].shape[-1]
     model = P.cnn(side)
-    eps = job["eps"]
-    n_ev = job["n_epoch_eval"]
-    curve: list[float] = []
+    eps, epochs = job["eps"], job["epochs"]
+    xc, yc = data["xt"][: job["n_epoch_eval"]], data["yt"][: job["n_epoch_eval"]]
+    curve: list[tuple[int, float]] = []  # (epoch, PGD-20 on the curve points) of every epoch kept, replays included
+    last: dict[str, torch.Tensor] = {}
 
     class EpochEval:
-        def on_epoch_end(self, trainer: AdversarialTrainer) -> None:
-            curve.append(P.pgd_accuracy(trainer.model, data["xt"][:n_ev], data["yt"][:n_ev], eps, 20))
+        def on_epoch_end(self, trainer: AdversarialTrainer, epoch: int) -> None:
+            curve.append((epoch + 1, P.pgd_accuracy(trainer.model, xc, yc, eps, 20)))
+            if epoch + 1 == epochs:  # the final epoch, before an end-of-training restore: the unguarded model
+                last.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
 
-    guard = COGuard(data["xg"], data["yg"], on_co=job["mode"])
+    guard = COGuard(data["xg"], data["yg"], on_co=job["mode"], restore_best=True)
     tr = AdversarialTrainer(model, optimizer=P.optimizer(model), lr_schedule=P.schedule(), co_guard=guard,
                             val_attack=None, callbacks=[EpochEval()], progress=False, verbose=False, seed=job["seed"],
                             eps_warmup=job.get("eps_warmup", 0),
                             **parts(job["method"], model, eps, job["seed"]))  # fmt: skip
     t0, c0 = time.perf_counter(), time.process_time()
-    tr.fit(P.loader(data, job["seed"]), job["epochs"])
+    tr.fit(P.loader(data, job["seed"]), epochs)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    hist = list(tr.history)
+    by_epoch = dict(curve)  # the trajectory the run kept: a rollback's redone epochs replace the abandoned ones
+    best = guard.best_epoch
+    out = {**job, "seconds": seconds, "cpu_seconds": cpu, "curve": [v for _, v in curve],
+           "curve_epochs": [e for e, _ in curve], "best_checked_epoch": best,
+           "best_checked": by_epoch.get(best) if best is not None else None,
+           "restored_best_epoch": hist[-1].get("restored_best_epoch") if hist else None,
+           "flags": sum(bool(h.get("co")) for h in hist), "rollbacks": sum("rolled_back_to" in h for h in hist),
+           "strengthened": [h["strengthened"] for h in hist if "rolled_back_to" in h],
+           "guard": [(h.get("co_fgsm_acc"), h.get("co_pgd_acc"), bool(h.get("co"))) for h in hist]}  # fmt: skip
+    # the run as it ends (guarded: restored when the guard restored it)
+    out.update(clean=P.accuracy(model, data["xt"], data["yt"]),
+               pgd20=P.pgd_accuracy(model, data["xt"], data["yt"], eps),
+               final_curve=P.pgd_accuracy(model, xc, yc, eps, 20))  # fmt: skip
     if job.get("save_dir"):  # the final weights, for a later evaluation (PGD-50-10, AutoAttack) without retraining
         torch.save(model.state_dict(), Path(job["save_dir"]) / f"{job['key']}.pt")
-    final = P.pgd_accuracy(model, data["xt"], data["yt"], eps, 20)
-    hist = list(tr.history)
-    clean = P.accuracy(model, data["xt"], data["yt"])
-    return {**job, "seconds": seconds, "cpu_seconds": cpu, "clean": clean, "pgd20": final,
-            "curve": curve, "flags": sum(bool(h.get("co")) for h in hist),
-            "rollbacks": sum("rolled_back_to" in h for h in hist),
-            "strengthened": [h["strengthened"] for h in hist if "rolled_back_to" in h],
-            "guard": [(h.get("co_fgsm_acc"), h.get("co_pgd_acc"), bool(h.get("co"))) for h in hist]}  # fmt: skip
+    if job["mode"] == "flag":  # the unguarded run: its last epoch's weights
+        if last and out["restored_best_epoch"] is not None:
+            model.load_state_dict(last)
+            out.update(unguarded_clean=P.accuracy(model, data["xt"], data["yt"]),
+                       unguarded_pgd20=P.pgd_accuracy(model, data["xt"], data["yt"], eps))  # fmt: skip
+            if job.get("save_dir"):
+                torch.save(last, Path(job["save_dir"]) / f"{job['key']}_unguarded.pt")
+        else:
+            out.update(unguarded_clean=out["clean"], unguarded_pgd20=out["pgd20"])
+    return out
 
 
-def summarize(runs: list[dict[str, Any]]) -> str:
-    groups: dict[tuple, dict[str, list[dict]]] = {}
+def guarded_runs(runs: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+    """(dataset, ε, method, seed) -> the guarded result: the rollback rerun when the guard flagged the run, else the
+    flag-mode run itself (identical training, and the same end-of-training restore)."""
+    out = {}
     for r in runs:
-        groups.setdefault((r["dataset"], r["eps"], r["method"]), {}).setdefault(r["mode"], []).append(r)
+        k = (r["dataset"], r["eps"], r["method"], r["seed"])
+        if r["mode"] == "rollback" or (r["flags"] == 0 and k not in out):
+            out[k] = r
+    return out
+
+
+def ends_collapsed(r: dict[str, Any]) -> bool:
+    """The final model's PGD-20 on the curve points is below half of the best epoch of its curve (best ≥ 15%)."""
+    best = max(r["curve"] or [0.0])
+    return best >= 0.15 and r["final_curve"] < 0.5 * best
+
+
+def summarize(runs: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """The markdown table and its rows (one per dataset, ε and method)."""
+    flag_runs = [r for r in runs if r["mode"] == "flag"]
+    guarded = guarded_runs(runs)
+    groups: dict[tuple, list[dict]] = {}
+    for r in flag_runs:
+        groups.setdefault((r["dataset"], r["eps"], r["method"]), []).append(r)
     lines = [
-        "| dataset | ε | method | seeds | collapsed, no guard | guard flagged | collapsed, guard | rollbacks per run "
-        "| final PGD-20, no guard | best epoch, no guard | final PGD-20, guard | final − best epoch (guard), worst |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| dataset | ε | method | seeds | collapsed, no guard | guard flagged | rollbacks per run | restored at end "
+        "| ends collapsed, guard | final PGD-20, no guard | final PGD-20, guard | final − best checked epoch (guard), "
+        "worst | final − best epoch (guard), worst |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (ds, eps, method), modes in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
-        flag = sorted(modes.get("flag", []), key=lambda r: r["seed"])
-        roll = {r["seed"]: r for r in modes.get("rollback", [])}
-        guarded = [roll.get(r["seed"], r) for r in flag]  # unflagged runs are identical under rollback
-        if not flag:
+    rows = []
+    order = {m: i for i, m in enumerate(METHODS)}
+    for (ds, eps, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order.get(kv[0][2], 99))):
+        rs = sorted(rs, key=lambda r: r["seed"])
+        gs = [guarded.get((ds, eps, method, r["seed"])) for r in rs]
+        if any(g is None for g in gs):
             continue
 
         def ms(v: list[float]) -> str:
             return f"{100 * statistics.fmean(v):.1f} ± {100 * (statistics.stdev(v) if len(v) > 1 else 0):.1f}"
 
-        gap = min(g["pgd20"] - max(g["curve"] or [g["pgd20"]]) for g in guarded)
+        checked = [g["final_curve"] - g["best_checked"] for g in gs if g["best_checked"] is not None]
+        gap_max = min(g["final_curve"] - max(g["curve"] or [g["final_curve"]]) for g in gs)
+        row = {"dataset": ds, "eps": eps, "method": method, "seeds": len(rs),
+               "collapsed": sum(P.collapsed(r["curve"]) for r in rs), "flagged": sum(r["flags"] > 0 for r in rs),
+               "rollbacks": statistics.fmean(g["rollbacks"] for g in gs),
+               "restored": sum(g["restored_best_epoch"] is not None for g in gs),
+               "ends_collapsed": sum(ends_collapsed(g) for g in gs),
+               "pgd20_unguarded": [r["unguarded_pgd20"] for r in rs], "pgd20_guarded": [g["pgd20"] for g in gs],
+               "worst_vs_checked": min(checked) if checked else None, "worst_vs_max": gap_max}  # fmt: skip
+        rows.append(row)
+        worst = f"{100 * row['worst_vs_checked']:+.1f}" if checked else "—"
         lines.append(
-            f"| {ds} | {eps:g} | {method} | {len(flag)} | {sum(P.collapsed(r['curve']) for r in flag)} "
-            f"| {sum(r['flags'] > 0 for r in flag)} | {sum(P.collapsed(g['curve']) for g in guarded)} "
-            f"| {statistics.fmean(g['rollbacks'] for g in guarded):.1f} | {ms([r['pgd20'] for r in flag])} "
-            f"| {ms([max(r['curve']) for r in flag])} | {ms([g['pgd20'] for g in guarded])} | {100 * gap:+.1f} |"
+            f"| {ds} | {eps:g} | {method} | {len(rs)} | {row['collapsed']} | {row['flagged']} | {row['rollbacks']:.1f} "
+            f"| {row['restored']} | {row['ends_collapsed']} | {ms(row['pgd20_unguarded'])} "
+            f"| {ms(row['pgd20_guarded'])} "
+            f"| {worst} | {100 * gap_max:+.1f} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines), rows
 
 
 def plot(runs: list[dict[str, Any]], path: Path) -> Path | None:
-    """Per-epoch test PGD-20 of every run the guard flagged: unguarded (grey, red where it collapsed) and with the
-    guard rolling back (blue; its epochs include the replayed ones), one panel per (dataset, ε, method)."""
-    roll = {(r["dataset"], r["eps"], r["method"], r["seed"]): r for r in runs if r["mode"] == "rollback"}
+    """Per-epoch test PGD-20 of every run the guard flagged or restored: unguarded (grey, red where it collapsed)
+    and guarded (blue; its epochs include the replayed ones), one panel per (dataset, ε, method)."""
+    guarded = guarded_runs(runs)
     panels: dict[tuple, list[P.Line]] = {}
     for r in sorted((r for r in runs if r["mode"] == "flag"), key=lambda r: r["seed"]):
-        g = roll.get((r["dataset"], r["eps"], r["method"], r["seed"]))
-        if g is not None:
-            panels.setdefault((r["dataset"], r["eps"], r["method"]), []).extend(
-                [(r["curve"], "tab:red" if P.collapsed(r["curve"]) else "tab:gray", 0.7), (g["curve"], "tab:blue", 0.8)]
-            )
+        k = (r["dataset"], r["eps"], r["method"], r["seed"])
+        g = guarded.get(k)
+        if g is not None and (r["flags"] or g["restored_best_epoch"] is not None):
+            lines = [(r["curve"], "tab:red" if P.collapsed(r["curve"]) else "tab:gray", 0.7)]
+            if g is not r:
+                lines.append((g["curve"], "tab:blue", 0.8))
+            panels.setdefault(k[:3], []).extend(lines)
     if not panels:
         return None
     titled = [(f"{ds} ε={eps:g}\n{method}", lines) for (ds, eps, method), lines in sorted(panels.items())]
     return P.curve_grid(titled, "test PGD-20 %", "epochs run", path)
 
 
-def evaluate_saved(out_dir: Path, aa_seeds: tuple[int, ...] = (0,), workers: int = 2) -> Path:
-    """PGD-50-10 (and AutoAttack on ``aa_seeds``) of every saved final model, unguarded (flag) and guarded (the
-    rollback rerun when there was one, else the same run), as a quality-style JSON next to ``out_dir``."""
-    runs = [json.loads(f.read_text()) for f in sorted(out_dir.glob("*.json"))]
-    jobs = []
-    by_key = {(r["dataset"], r["eps"], r["method"], r["seed"]): {} for r in runs}
-    for r in runs:
-        by_key[(r["dataset"], r["eps"], r["method"], r["seed"])][r["mode"]] = r
-    for (_ds, _eps, method, seed), modes in sorted(by_key.items()):
-        flag = modes.get("flag")
-        if flag is None:
-            continue
-        jobs.append((flag, f"{method}", seed in aa_seeds))
-        jobs.append((modes.get("rollback", flag), f"{method} + guard", seed in aa_seeds))
-    with ProcessPoolExecutor(workers) as pool:
-        evals = list(pool.map(_evaluate_one, [(r, out_dir, aa) for r, _, aa in jobs]))
-    groups: dict[tuple, list[dict]] = {}
-    for (r, label, _), e in zip(jobs, evals, strict=True):
-        groups.setdefault((r["dataset"], r["eps"], label), []).append({**r, **e})
-    rows = []
-    for (ds, eps, label), rs in sorted(groups.items()):
-
-        def ms(k: str, rs: list[dict] = rs) -> list[float] | None:
-            v = [x[k] for x in rs if x.get(k) is not None]
-            return [statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0] if v else None
-
-        rows.append({"dataset": ds, "eps": eps, "method": label, "seeds": len(rs), "clean": ms("clean"),
-                     "pgd20": ms("pgd20"), "pgd50": ms("pgd50"), "aa": ms("aa"),
-                     "aa_seeds": sum(x.get("aa") is not None for x in rs),
-                     "collapsed": sum(P.collapsed(x["curve"]) for x in rs), "cost": None})  # fmt: skip
-    meta = (f"Command: `python benchmarks/co_guard.py --evaluate --out {out_dir}` on the weights of the co_guard runs "
-            f"(Fashion-MNIST 28×28, 12,000 training images, 10 epochs; digits {P.DIGITS_EPOCHS} epochs; Adam "
-            f"one-cycle); machine: {machine()}; date: {datetime.date.today()}; PGD-50-10 on the first 1,000 test "
-            f"points (digits: 450), AutoAttack (APGD-CE + APGD-T, 3 targets) on seeds {list(aa_seeds)}.")  # fmt: skip
-    path = out_dir.with_name(out_dir.name + "_quality.json")
-    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    return path
-
-
-def _evaluate_one(args: tuple[dict[str, Any], Path, bool]) -> dict[str, Any]:
-    r, out_dir, aa = args
-    torch.set_num_threads(1)
-    data = P.load(r["dataset"], r["n_train"], r["n_test"], 256, 1)
-    model = P.cnn(data["x"].shape[-1])
-    model.load_state_dict(torch.load(out_dir / f"{r['key']}.pt", weights_only=True))
-    attacks: list[Any] = ["clean", "pgd-50-10"]
-    if aa:
-        attacks.append(rf.evaluation.AutoAttackAdapter(model, r["eps"], version="custom", attacks=["apgd-ce", "apgd-t"],
-                                                       n_restarts=1, n_target_classes=3, seed=0))  # fmt: skip
-    rep = rf.evaluate(model, (data["xt"], data["yt"]), r["eps"], attacks, seed=0, progress=False)
-    acc = dict(rep.accuracy)
-    return {"pgd50": acc["pgd-50-10"], "aa": next((v for k, v in acc.items() if k.startswith("autoattack")), None)}
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="digits, one ε, one seed, 2 epochs, 2 methods (CI)")
-    p.add_argument("--settings", nargs="+", default=["fashion_mnist:0.2", "fashion_mnist:0.3", "digits:0.2",
-                                                      "digits:0.3"])  # fmt: skip
+    p.add_argument("--settings", nargs="+", default=["fashion_mnist:0.2", "fashion_mnist:0.3", "digits16:0.2"])
     p.add_argument("--methods", nargs="+", default=list(METHODS))
-    p.add_argument(
-        "--extra",
-        nargs="*",
-        default=[],
-        metavar="SETTING",
-        help="settings that also run GradAlign with fixed λ = 1 and 2 (the 'best fixed λ' comparison)",
-    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--n-train", type=int, default=12000)
     p.add_argument("--n-test", type=int, default=1000)
@@ -215,31 +215,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--digits-epochs", type=int, default=P.DIGITS_EPOCHS)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", type=Path, default=None, help="folder of per-run JSON files (reused), plus <out>.md")
-    p.add_argument("--evaluate", action="store_true", help="PGD-50-10 / AutoAttack of the saved models in --out")
     args = p.parse_args(argv)
-    if args.evaluate:
-        print(f"wrote {evaluate_saved(args.out, workers=args.workers)}")
-        return
     if args.quick:
-        args.settings, args.methods, args.seeds, args.epochs, args.digits_epochs = (
-            ["digits:0.2"],
-            ["FGSM", "RS"],
-            [0],
-            2,
-            2,
-        )
+        args.settings, args.methods, args.seeds, args.epochs, args.digits_epochs = (["digits:0.2"], ["FGSM", "RS"],
+                                                                                   [0], 2, 2)  # fmt: skip
         args.n_test = args.n_epoch_eval = 100
     jobs = []
     for s in args.settings:
         ds, eps = s.split(":")
-        methods = list(args.methods) + (list(EXTRA) if s in args.extra else [])
-        for m in methods:
+        for m in args.methods:
             for seed in args.seeds:
-                epochs = args.digits_epochs if ds == "digits" else args.epochs
+                epochs = args.digits_epochs if ds in P.DIGITS else args.epochs
                 warm = P.eps_warmup(float(eps), epochs)  # in the job (when any), so the cache tells runs apart
                 jobs.append({"dataset": ds, "eps": float(eps), "method": m, "seed": seed, "mode": "flag",
                              "epochs": epochs, "n_train": args.n_train, "n_test": args.n_test,
-                             "n_epoch_eval": args.n_epoch_eval, **({"eps_warmup": warm} if warm else {})})  # fmt: skip
+                             "n_epoch_eval": args.n_epoch_eval, "protocol": 2,
+                             **({"eps_warmup": warm} if warm else {})})  # fmt: skip
     out_dir = args.out
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -258,30 +249,32 @@ def main(argv: list[str] | None = None) -> None:
                 done.append(cached)
             else:
                 todo.append(j)
-        todo.sort(key=lambda j: -COST.get(j["method"].split("(")[0], 1) * (3 if j["dataset"] != "digits" else 1))
+        todo.sort(key=lambda j: -COST.get(j["method"].split("(")[0], 1) * (3 if j["dataset"] not in P.DIGITS else 1))
         with ProcessPoolExecutor(args.workers) as pool:
             for j, r in zip(todo, pool.map(run, todo)):
                 done.append(r)
                 if out_dir is not None:
                     (out_dir / f"{key(j)}.json").write_text(json.dumps(r))
-                print(f"# {key(j)}: final {r['pgd20']:.3f}, best {max(r['curve'] or [0]):.3f}, flags {r['flags']}, "
-                      f"rollbacks {r['rollbacks']}, {r['seconds']:.0f}s", flush=True)  # fmt: skip
+                checked = "—" if r["best_checked"] is None else f"{r['final_curve'] - r['best_checked']:+.3f}"
+                print(f"# {key(j)}: final {r['pgd20']:.3f}, best epoch {max(r['curve'] or [0]):.3f}, final − best "
+                      f"checked {checked}, flags {r['flags']}, rollbacks {r['rollbacks']}, restored "
+                      f"{r['restored_best_epoch']}, {r['seconds']:.0f}s", flush=True)  # fmt: skip
         return done
 
     t0 = time.perf_counter()
     runs = execute(jobs)
-    again = [{**r, "mode": "rollback"} for r in runs if r["flags"] > 0]
     job_keys = set().union(*jobs)  # a run's result holds its job's fields (eps_warmup only where there is one)
-    again = [{k: v for k, v in j.items() if k in job_keys} for j in again]
+    again = [{k: v for k, v in r.items() if k in job_keys} | {"mode": "rollback"} for r in runs if r["flags"] > 0]
     runs += execute(again)
-    table = summarize(runs)
+    table, rows = summarize(runs)
     when = datetime.date.today().isoformat()
     meta = (f"Command: `python benchmarks/co_guard.py {' '.join(argv if argv is not None else sys.argv[1:])}`; "
             f"machine: {machine()} (one thread per worker, {args.workers} workers); date: {when}; "
-            f"{time.perf_counter() - t0:.0f} s.")  # fmt: skip
+            f"{time.perf_counter() - t0:.0f} s for the runs not cached.")  # fmt: skip
     print("\n" + table + "\n\n" + meta)
     if out_dir is not None:
         out_dir.with_suffix(".md").write_text(table + "\n\n" + meta + "\n")
+        out_dir.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         if (png := plot(runs, out_dir.with_name(out_dir.name + "_curves.png"))) is not None:
             print(f"wrote {png}")
 

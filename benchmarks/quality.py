@@ -1,6 +1,6 @@
 """Quality on public offline data: clean / PGD / AutoAttack accuracy, CO incidence and cost of every method.
 
-Protocol (``_protocol.py``): Fashion-MNIST 28×28 (a fixed random subset of ``--n-train`` training images;
+Protocol (``_protocol.py``): Fashion-MNIST 28×28 (a fixed random subset of ``--n-train`` = 12,000 training images;
 ``--downsample 2`` average-pools to 14×14) and scikit-learn's digits (8×8, the 1,347 training images minus 256 held
 out); the 2-conv CNN (16/32 channels, a 100-unit hidden layer); Adam with a one-cycle learning rate peaking at 3e-3
 at 40% of training; batch 128; attacks in train mode; every method trained by ``AdversarialTrainer`` from the same
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
                                                       "digits:0.1", "digits:0.2"])  # fmt: skip
     p.add_argument("--methods", nargs="+", default=None, help="default: every method available")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--n-train", type=int, default=4000, help="Fashion-MNIST training images")
+    p.add_argument("--n-train", type=int, default=12000, help="Fashion-MNIST training images")
     p.add_argument("--downsample", type=int, default=1, help="Fashion-MNIST average-pooling factor (2: 14x14)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--digits-epochs", type=int, default=P.DIGITS_EPOCHS)
@@ -269,8 +269,8 @@ def main(argv: list[str] | None = None) -> None:
             for seed in args.seeds:
                 aa = args.aa if args.aa_seeds is None or seed in args.aa_seeds else "none"
                 pgd50 = args.pgd50_seeds is None or seed in args.pgd50_seeds
-                epochs = args.digits_epochs if ds == "digits" else args.epochs
-                down = args.downsample if ds != "digits" else 1
+                epochs = args.digits_epochs if ds in P.DIGITS else args.epochs
+                down = args.downsample if ds not in P.DIGITS else 1
                 jobs.append({"dataset": ds, "eps": float(eps), "method": m, "seed": seed, "aa": aa, "epochs": epochs,
                              "n_train": args.n_train, "downsample": down, "n_eval": args.n_eval,
                              "pgd50": pgd50, "cost_clock": "fit minus curve",
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
             runs.append(cached)
         else:
             todo.append(j)
-    todo.sort(key=lambda j: -RECIPES[j["method"]][1] * (4 if j["dataset"] != "digits" else 1))
+    todo.sort(key=lambda j: -RECIPES[j["method"]][1] * (4 if j["dataset"] not in P.DIGITS else 1))
     t0 = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
         for j, r in zip(todo, pool.map(run, todo)):

@@ -38,7 +38,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 from _timing import CLOCKS, interleaved_medians, machine
 
 import robustfast as rf
-from robustfast.regularizers import math_attention
+from robustfast.modes import math_attention
 from robustfast.regularizers.gradalign import grad_align_cos
 from robustfast.training import adversarial_step
 

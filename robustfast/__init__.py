@@ -18,6 +18,7 @@ from .evaluation import EvaluationReport, evaluate
 from .losses import TrainingLoss, create_loss, list_losses
 from .modes import ModePolicy, model_mode
 from .regularizers import Regularizer, create_regularizer, list_regularizers
+from .rng import SeededRNG
 from .training import EMA, SWA, AdversarialTrainer, COGuard, Cyclic, OneCycle, Piecewise, adversarial_step
 
 __version__ = "0.1.0"
@@ -57,6 +58,7 @@ __all__ = [
     "Piecewise",
     "Regularizer",
     "RobustfastError",
+    "SeededRNG",
     "StepContext",
     "TrainingLoss",
     "__version__",

@@ -11,7 +11,18 @@ from torch import Tensor, nn
 
 from .errors import RobustfastError
 
-__all__ = ["as_magnitude", "check_batch", "check_kwargs", "check_logits", "check_model_dtype", "input_bounds"]
+__all__ = [
+    "as_magnitude",
+    "check_batch",
+    "check_bool",
+    "check_choice",
+    "check_int",
+    "check_kwargs",
+    "check_logits",
+    "check_model_dtype",
+    "check_number",
+    "input_bounds",
+]
 
 # Inputs may leave [0, 1] by this much (float round-off, e.g. after a normalize/inverse round trip).
 RANGE_TOL = 1e-4
@@ -39,6 +50,68 @@ def as_magnitude(owner: str, name: str, value: Any, *, allow_none: bool = True) 
             f"{owner}({name}={value:g}): {name} looks like a 0-255 scale but inputs are in [0, 1]; "
             f"did you mean {name}={value:g}/255?"
         )
+    return value
+
+
+def check_number(
+    owner: str,
+    name: str,
+    value: Any,
+    lo: float = -math.inf,
+    hi: float = math.inf,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    allow_none: bool = False,
+) -> float | None:
+    """A finite real number in the interval ``lo..hi`` (ends open or closed), as a float; ``None`` when allowed.
+
+    The error reads ``Owner(name=value): must be a number in (lo, hi]``.
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    if ok:
+        v = float(value)
+        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    if not ok:
+        left = "(" if lo_open or lo == -math.inf else "["
+        right = ")" if hi_open or hi == math.inf else "]"
+        none = " or None" if allow_none else ""
+        raise RobustfastError(f"{owner}({name}={value!r}): must be a number in {left}{lo:g}, {hi:g}{right}{none}")
+    return float(value)
+
+
+def check_int(
+    owner: str, name: str, value: Any, lo: int | None = None, hi: int | None = None, *, allow_none: bool = False
+) -> int | None:
+    """An integer (not a bool) with ``lo <= value <= hi``; ``None`` when allowed."""
+    if value is None and allow_none:
+        return None
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if ok and ((lo is not None and value < lo) or (hi is not None and value > hi)):
+        ok = False
+    if not ok:
+        bound = f" >= {lo}" if lo is not None and hi is None else f" in [{lo}, {hi}]" if lo is not None else ""
+        none = " or None" if allow_none else ""
+        raise RobustfastError(f"{owner}({name}={value!r}): must be an integer{bound}{none}")
+    return int(value)
+
+
+def check_choice(owner: str, name: str, value: Any, choices: tuple[Any, ...]) -> Any:
+    """One of ``choices`` (compared with ``==``); the error lists them."""
+    if not any(value == c and type(value) is type(c) for c in choices):
+        shown = ", ".join(repr(c) for c in choices)
+        raise RobustfastError(f"{owner}({name}={value!r}): choose one of {shown}")
+    return value
+
+
+def check_bool(owner: str, name: str, value: Any) -> bool:
+    """``True`` or ``False`` (not a truthy number or string)."""
+    if not isinstance(value, bool):
+        raise RobustfastError(f"{owner}({name}={value!r}): True or False")
     return value
 
 

@@ -33,6 +33,7 @@ import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from ._io import save_torch_file, write_text
 from .config import RESUMABLE_KEYS, RunConfig, format_value, list_presets, load_preset, load_yaml, resume_conflicts
 from .errors import RobustfastError
 
@@ -512,9 +513,8 @@ def _evaluate(model: nn.Module, test: DataLoader, cfg: RunConfig, progress: bool
 
 
 def _write_report(report: Any, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(report.to_markdown() + "\n")
-    (out / "report.json").write_text(report.to_json())
+    write_text(out / "report.md", report.to_markdown() + "\n", what="report")
+    write_text(out / "report.json", report.to_json(), what="report")
 
 
 # --------------------------------------------------------------------------------------------- commands
@@ -602,7 +602,7 @@ def cmd_train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
         _remove_run(out)
         _note(f"--overwrite: removed the earlier run's files in {out}")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False), what="run configuration")
     val = DataLoader(TensorDataset(x_val, y_val), batch_size=cfg.eval.batch_size)
     history = trainer.fit(data.train, cfg.epochs, val_loader=val, resume=resume)
     history.to_json(out / "history.json")
@@ -617,9 +617,7 @@ def cmd_train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
         else:  # e.g. the CO guard stopped the run before SWA started
             _note(f"{type(averaging[-1]).__name__} averaged no weights (training ended early); model.pt holds the "
                   "trained weights")  # fmt: skip
-    tmp = out / "model.pt.tmp"
-    torch.save(final.state_dict(), tmp)
-    tmp.replace(out / "model.pt")
+    save_torch_file(final.state_dict(), out / "model.pt", what="model weights")
     report = _evaluate(final, data.test, cfg, progress)
     _write_report(report, out)
     print(report.to_markdown())

@@ -8,7 +8,9 @@ Every part of a training step is a :class:`Component`. A component
   those, so the trainer checkpoints, resumes and rolls back any method without knowing which one it runs.
 * **declares its response to catastrophic overfitting** by overriding :meth:`Component._strengthen` (a larger
   λ, a larger ZeroGrad ``q``, a smaller FGSM step...). :meth:`Component.strengthen` applies it and counts it in
-  ``strength``, so strengthening accumulates across rollbacks.
+  ``strength``, so strengthening accumulates across rollbacks, and refuses once ``max_strength`` steps were taken:
+  every component's strengthening is bounded (a doubled λ reaches at most 4× its start), so repeated rollbacks
+  cannot over-regularize a run.
 * **may join the training loop's phases** by defining methods named after hook points
   (:data:`robustfast.training.callbacks.HOOKS`, e.g. ``on_after_attack``, ``on_before_optimizer_step``); the
   trainer calls them with the keyword arguments they name, like any callback.
@@ -29,7 +31,15 @@ from ._checks import check_kwargs
 from ._registry import Registry
 from .errors import RobustfastError
 
-__all__ = ["PLUGINS", "Component", "ExampleMemory", "create_plugin", "list_plugins", "register_plugin"]
+__all__ = [
+    "PLUGINS",
+    "Component",
+    "ExampleMemory",
+    "check_saveable",
+    "create_plugin",
+    "list_plugins",
+    "register_plugin",
+]
 
 #: Trainer plugins (method parts that change the loop itself, e.g. AWP), by name.
 PLUGINS = Registry("plugin")
@@ -48,6 +58,59 @@ def create_plugin(name: str, model: Any, **kwargs: Any) -> Component:
     return cls(model, **kwargs)
 
 
+#: What ``torch.load(weights_only=True)`` reads back: tensors and plain Python values (containers of them).
+_PLAIN = (Tensor, bool, int, float, complex, str, bytes, type(None), torch.device, torch.dtype, torch.Size)
+
+
+def _unsaveable(value: Any, path: str) -> tuple[str, Any] | None:
+    """The first value inside ``value`` that a ``weights_only`` checkpoint cannot hold, with its path."""
+    if isinstance(value, _PLAIN):
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            bad = _unsaveable(k, f"{path}[key {k!r}]") or _unsaveable(v, f"{path}[{k!r}]")
+            if bad:
+                return bad
+        return None
+    if isinstance(value, (list, tuple, set, frozenset)):
+        for i, v in enumerate(value):
+            bad = _unsaveable(v, f"{path}[{i}]")
+            if bad:
+                return bad
+        return None
+    return path, value
+
+
+def check_saveable(component: Component) -> None:
+    """Raise when ``component.state_dict()`` holds something a checkpoint cannot store and read back safely.
+
+    Checkpoints are read with ``torch.load(weights_only=True)`` (no arbitrary code is unpickled), which accepts
+    tensors and plain Python values only. A ``torch.Generator`` or a NumPy scalar in ``state_attrs`` would train
+    and write ``last.pt``, and then fail at resume; this finds it before training starts.
+    """
+    name = type(component).__name__
+    bad = _unsaveable(component.state_dict(), name)
+    if bad is None:
+        return
+    where, value = bad
+    kind = type(value).__name__
+    if isinstance(value, torch.Generator):
+        fix = ("keep random generators in a robustfast.SeededRNG (it saves its state: self.rng = SeededRNG(seed)) "
+               "and draw with self.rng.get(device)")  # fmt: skip
+    elif type(value).__module__ == "numpy":
+        fix = "store it as a Python number (float(v), int(v)) or a tensor"
+    else:
+        fix = "store tensors and plain values only, or give the object state_dict() / load_state_dict() methods"
+    raise RobustfastError(
+        f"{name}: its state {where} is a {kind}, which a checkpoint cannot store (robustfast reads checkpoints with "
+        f"torch.load(weights_only=True)); {fix}"
+    )
+
+
+def _fmt(name: str, value: Any) -> str:
+    return f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value!r}"
+
+
 def _snapshot(value: Any) -> Any:
     if hasattr(value, "state_dict") and callable(value.state_dict):
         return value.state_dict()
@@ -63,10 +126,28 @@ class Component:
         state_attrs: names of the attributes saved by :meth:`state_dict` (each class adds its own; the base
             classes add e.g. the random generator).
         strength: how many times :meth:`strengthen` changed this component (saved in its state).
+        max_strength: the cap: :meth:`strengthen` changes the component at most this many times (default 2: a
+            weight that doubles reaches at most 4× its start). Each class documents what its cap allows.
     """
 
     state_attrs: ClassVar[tuple[str, ...]] = ()
+    max_strength: ClassVar[int] = 2
     strength: int = 0
+    #: Hyper-parameters ``repr`` shows (their current values).
+    _repr_params: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def name(self) -> str:
+        """Short name used in logs and histories (default: the class name in lower case)."""
+        return type(self).__name__.lower()
+
+    def __repr__(self) -> str:
+        parts = [_fmt(n, getattr(self, n, None)) for n in self._repr_params] + self._repr_extra()
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    def _repr_extra(self) -> list[str]:
+        """More ``key=value`` parts for ``repr`` (e.g. an attack's BatchNorm mode)."""
+        return []
 
     @classmethod
     def state_names(cls) -> tuple[str, ...]:
@@ -108,10 +189,14 @@ class Component:
         return {}
 
     def strengthen(self) -> str | None:
-        """Apply this method's response to catastrophic overfitting; returns what changed, or ``None``.
+        """Apply this method's response to catastrophic overfitting; returns what changed, or ``None`` (nothing left
+        to strengthen, or the cap ``max_strength`` reached).
 
-        Override :meth:`_strengthen`, not this method: this one counts successful changes in ``strength``.
+        Override :meth:`_strengthen`, not this method: this one enforces the cap and counts successful changes in
+        ``strength``.
         """
+        if self.strength >= self.max_strength:
+            return None
         change = self._strengthen()
         if change is not None:
             self.strength += 1

@@ -115,12 +115,6 @@ class TrainingLoss(Component):
     requests: frozenset[str] = frozenset()
     needs_double_backward: bool = False
     uses_adv_logits: ClassVar[bool] = True
-    _repr_params: ClassVar[tuple[str, ...]] = ()
-
-    @property
-    def name(self) -> str:
-        """Short name used in logs."""
-        return type(self).__name__.lower()
 
     def __call__(self, ctx: StepContext) -> Tensor:
         """The scalar training loss of this step."""
@@ -129,13 +123,6 @@ class TrainingLoss(Component):
     def forward(self, ctx: StepContext) -> Tensor:
         """Compute the loss from the step record (``ctx.adv_logits_graph()``, ``ctx.clean_logits_graph()``...)."""
         raise NotImplementedError
-
-    def __repr__(self) -> str:
-        parts = []
-        for n in self._repr_params:
-            v = getattr(self, n)
-            parts.append(f"{n}={v:.4g}" if isinstance(v, float) else f"{n}={v!r}")
-        return f"{type(self).__name__}({', '.join(parts)})"
 
 
 @register_loss("ce", "cross_entropy", "adv_ce")

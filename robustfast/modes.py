@@ -1,15 +1,25 @@
-"""Model train/eval policies for attacks, applied per module and restored exactly.
+"""Model modes set temporarily and restored exactly: train/eval policies for attacks, and the attention path.
 
 The seed papers craft training perturbations with the model in ``train()`` mode (BatchNorm uses batch
 statistics and updates its running statistics); torchattacks attacks in ``eval()`` mode. The difference
-changes results, so robustfast makes it an explicit, named policy.
+changes results, so robustfast makes it an explicit, named policy (:class:`ModePolicy`, :func:`model_mode`).
+
+:func:`math_attention` makes double backpropagation work through attention. ``F.scaled_dot_product_attention``
+dispatches to fused kernels (flash / memory-efficient; on CPU ``_scaled_dot_product_flash_attention_for_cpu``) whose
+backward has no derivative, so differentiating an input gradient (GradAlign, CURE, GradNorm) through a timm ViT
+fails with "derivative for ... is not implemented". timm's ``Attention`` modules carry a ``fused_attn`` flag
+choosing between the fused call and the explicit ``softmax(q kᵀ / √d) v`` math path, which is twice
+differentiable; :func:`math_attention` turns the flag off while a graph that will be differentiated twice is built,
+restricts ``F.scaled_dot_product_attention`` to its math backend (``nn.MultiheadAttention``, non-timm models) and
+restores every module's own value afterwards. The graph only records which ops ran, so backward passes run later
+(outside the ``with``) stay valid.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import cache
 from typing import Literal
@@ -20,7 +30,7 @@ from torch.nn.modules.dropout import _DropoutNd
 
 from .errors import RobustfastError
 
-__all__ = ["BNMode", "ModePolicy", "model_mode", "policy_matches", "resolve_policy"]
+__all__ = ["BNMode", "ModePolicy", "math_attention", "model_mode", "policy_matches", "resolve_policy"]
 
 BNMode = Literal["eval", "train", "train_no_stats", "inherit"]
 
@@ -135,3 +145,37 @@ def policy_matches(model: nn.Module, mode: str | None) -> bool:
         if flag != m.training:
             return False
     return True
+
+
+_FLAG = "fused_attn"
+
+
+def _sdpa_math_only() -> AbstractContextManager:
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - torch < 2.3: only the timm flags are switched
+        return nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+@contextmanager
+def math_attention(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, every submodule with a boolean ``fused_attn`` attribute (timm) uses the math path,
+    and ``F.scaled_dot_product_attention`` runs on its math backend.
+
+    Modules without the attribute are untouched; each flag is restored exactly on exit, also on error.
+
+    Example:
+        >>> with math_attention(vit):
+        ...     g = torch.autograd.grad(loss_fn(vit(x)), x, create_graph=True)[0]
+    """
+    modules = model.modules() if isinstance(model, nn.Module) else ()
+    saved = [(m, m.fused_attn) for m in modules if isinstance(getattr(m, _FLAG, None), bool)]
+    try:
+        for m, _ in saved:
+            m.fused_attn = False
+        with _sdpa_math_only():
+            yield model
+    finally:
+        for m, flag in saved:
+            m.fused_attn = flag

@@ -76,3 +76,14 @@ def fashion_mnist() -> Path:
             "dataset-fashion-mnist`, or set ROBUSTFAST_FASHION_MNIST to a folder holding the files"
         )
     return FASHION_MNIST_DIR
+
+
+@pytest.fixture
+def digits_small() -> torch.utils.data.DataLoader:
+    """scikit-learn's digits (the 1,347 training images), shuffled in batches of 64 with a seeded generator."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from robustfast.data import load_digits_tensors
+
+    xtr, ytr, _, _ = load_digits_tensors(seed=0)
+    return DataLoader(TensorDataset(xtr, ytr), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))

@@ -127,3 +127,77 @@ def test_the_guard_refuses_l2_attacks():
     model = TinyCNN()
     with pytest.raises(rf.RobustfastError, match="L∞"):
         AdversarialTrainer(model, rf.PGDL2(model, 0.5), co_guard=guard(), progress=False)
+
+
+def _declining_run(monkeypatch, tmp_path, pgd, **guard_kw):
+    """Checks with PGD accuracy ``pgd`` per epoch end and FGSM = PGD (no CO signature); weights kept per epoch."""
+    monkeypatch.setattr(diag, "fgsm_pgd_gap", Script([(p, p) for p in pgd]))
+    torch.manual_seed(0)
+    model = TinyCNN()
+    states = {}
+
+    class Keep:
+        def on_epoch_end(self, trainer, epoch):
+            states[epoch + 1] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    ema = EMA(0.5)
+    tr = AdversarialTrainer(model, rf.RS(model, 0.1, seed=0), co_guard=guard(**guard_kw), averaging=ema,
+                            callbacks=[Keep()], checkpoint_dir=tmp_path / "ckpt", val_attack=None, progress=False,
+                            verbose=True)  # fmt: skip
+    hist = tr.fit(_loader(), len(pgd))
+    return tr, hist, states
+
+
+def _same(a, b) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_declining_without_co_ends_on_its_best_checked_state(monkeypatch, tmp_path, capsys):
+    # best after epoch 2 (0.50); the run then declines to 0.30 with FGSM = PGD: never flagged, but 0.2 below its best
+    tr, hist, states = _declining_run(monkeypatch, tmp_path, [0.40, 0.50, 0.45, 0.30], on_co="rollback")
+    assert not any(hist["co"]) and hist[-1]["restored_best_epoch"] == 2
+    assert _same(tr.model.state_dict(), states[2]) and not _same(states[2], states[4])
+    assert "restored the weights of epoch 2" in capsys.readouterr().out
+    last = rf.training.load_checkpoint(tmp_path / "ckpt" / "last.pt")  # last.pt holds what the run returns
+    assert _same(last["model"], states[2]) and last["history"][-1]["restored_best_epoch"] == 2
+    averaged = {
+        k[len("module.") :]: v for k, v in last["averagers"][0]["state"]["averaged"].items() if k != "n_averaged"
+    }
+    assert _same(averaged, tr.averagers[0].model.state_dict())
+    best = rf.training.load_checkpoint(tmp_path / "ckpt" / "best.pt")
+    assert best["epoch"] == 2 and _same(best["model"], states[2])
+
+
+@pytest.mark.parametrize(
+    ("pgd", "kw"),
+    [
+        ([0.40, 0.50, 0.45, 0.48], {"on_co": "rollback"}),  # 0.02 below the best: within restore_tolerance=0.03
+        ([0.40, 0.50, 0.45, 0.30], {"on_co": "flag"}),  # off by default when only flagging
+        ([0.40, 0.50, 0.45, 0.30], {"on_co": "rollback", "restore_best": False}),
+    ],
+)
+def test_no_restore_within_tolerance_or_when_off(monkeypatch, tmp_path, pgd, kw):
+    tr, hist, states = _declining_run(monkeypatch, tmp_path, pgd, **kw)
+    assert "restored_best_epoch" not in hist[-1] and _same(tr.model.state_dict(), states[4])
+
+
+def test_restore_best_can_be_asked_for_in_flag_mode(monkeypatch, tmp_path):
+    tr, hist, states = _declining_run(monkeypatch, tmp_path, [0.40, 0.50, 0.45, 0.30], on_co="flag",
+                                      restore_best=True)  # fmt: skip
+    assert hist[-1]["restored_best_epoch"] == 2 and _same(tr.model.state_dict(), states[2])
+
+
+def test_guard_arguments_are_checked_up_front():
+    for kw, msg in [
+        ({"eps": 8}, "did you mean eps=8/255"),
+        ({"eps": 0}, "radius > 0"),
+        ({"drop": 2}, r"drop=2\): must"),
+        ({"patience": 0}, "integer >= 1"),
+        ({"on_co": "roll"}, "choose one of"),
+        ({"restore_tolerance": -1}, "restore_tolerance"),
+        ({"restore_best": 1}, "True, False or None"),
+    ]:
+        with pytest.raises(rf.RobustfastError, match=msg):
+            guard(**kw)
+    with pytest.raises(rf.RobustfastError, match="integer class indices"):
+        COGuard(torch.zeros(4, 3, 8, 8), torch.zeros(4))

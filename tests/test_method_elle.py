@@ -45,7 +45,60 @@ def test_elle_matches_a_float64_reference(data64):
 
 def test_elle_default_lambda_follows_the_official_scripts():
     assert rf.ELLE(eps=8 / 255).lam == 1000 and rf.ELLE(eps=16 / 255).lam == 5000 and rf.ELLE(eps=24 / 255).lam == 10000
-    assert rf.ELLEA().lam == 0 and rf.ELLEA().lam_max == 4000
+    assert rf.ELLEA().lam == 0 and rf.ELLEA().lam_max is None and rf.ELLEA().grad_ratio == 1.0  # scaled from the data
+    assert rf.ELLEA(lam_max=4000).lam_max == 4000  # the official constant, as the ellea-cifar10-eps8 preset sets
+
+
+def _grad_norm(loss, params):
+    return float(torch.sqrt(sum(g.pow(2).sum() for g in torch.autograd.grad(loss, params, retain_graph=True))))
+
+
+def test_ellea_scaled_jump_matches_a_float64_reference(data64):
+    """At an outlier, λ = grad_ratio · ‖∇θ L‖ / ‖∇θ lin_err‖, with L the step's training loss (CE at x_adv here)."""
+    x, y = data64
+    torch.manual_seed(0)
+    m = SmoothCNN().double().train()
+    x_adv = (x + 0.01).clamp(0, 1)
+    reg = rf.ELLEA(eps=EPS, grad_ratio=0.5, seed=3)
+    reg.adaptive.count, reg.adaptive.mean, reg.adaptive.m2 = 10, 0.0, 0.0  # history at 0: any error is an outlier
+    value = reg(m, x, y, x_adv)
+    assert value.item() == 0.0  # this step used λ = 0; the jump applies from the next step
+    g = torch.Generator().manual_seed(3)  # the same draws as the regularizer
+    xa = x + (2 * torch.rand(x.shape, generator=g, dtype=x.dtype) - 1) * EPS
+    xb = x + (2 * torch.rand(x.shape, generator=g, dtype=x.dtype) - 1) * EPS
+    a = torch.rand(6, generator=g, dtype=x.dtype)
+    xc = (1 - a.view(-1, 1, 1, 1)) * xa + a.view(-1, 1, 1, 1) * xb
+    err = ((_ce(m, xc, y) - (1 - a) * _ce(m, xa, y) - a * _ce(m, xb, y)) ** 2).mean()
+    params = list(m.parameters())
+    ref = 0.5 * _grad_norm(_ce(m, x_adv, y).mean(), params) / _grad_norm(err, params)
+    assert reg.lam == pytest.approx(ref, rel=1e-9) and reg.last_jump == pytest.approx(ref, rel=1e-9)
+
+
+def test_ellea_readme_recipe_does_not_diverge_on_a_small_model(digits_small):
+    """The README's FGSM + ELLEA(eps) at SGD lr 0.2 on digits: the official constant λ_max = 4000 (15× the training
+    loss's gradient there) diverged within two epochs; the data-scaled maximum trains."""
+    from robustfast.training import AdversarialTrainer
+
+    def fit(**kw):
+        torch.manual_seed(0)
+        torch.set_num_threads(1)  # one thread: the same float sums on every machine
+        model = rf.models.create("small_cnn", num_classes=10, in_chans=1)
+        reg = rf.ELLEA(eps=0.1, seed=0, **kw)
+        tr = AdversarialTrainer(model, rf.FGSM(model, 0.1), [reg], lr=0.2, val_attack=None, progress=False,
+                                verbose=False, seed=0)  # fmt: skip
+        tr.fit(digits_small, 3)
+        return tr, reg
+
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(rf.RobustfastError, match="non-finite training loss"):
+            fit(lam_max=4000)
+        tr, reg = fit()
+    finally:
+        torch.set_num_threads(threads)
+    losses = tr.history["train_loss"]
+    assert all(np.isfinite(losses)) and losses[0] > losses[1] > losses[2]
+    assert 0 < reg.last_jump < 4000  # it did switch on, at a λ this model can take
 
 
 def _official_onoff(values, lam_max=4000.0):
@@ -79,7 +132,7 @@ def test_ellea_updates_lambda_after_each_training_step_and_keeps_it_in_its_state
     m = TinyCNN().train()
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(8, 3, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)
-    reg = rf.ELLEA(eps=EPS, seed=0)
+    reg = rf.ELLEA(eps=EPS, lam_max=4000, seed=0)
     for _ in range(5):
         reg(m, x, y)
     assert reg.adaptive.count == 5 and 0 <= reg.lam <= 4000
@@ -151,7 +204,11 @@ def test_trains_robust_models(spec):
 def test_resume_rollback_bf16(spec, tmp_path: Path):
     mc.check_resume_bit_identical(spec, tmp_path)
     tr = mc.check_rollback(spec)
-    assert tr.regularizers[0].lam_max == 2 * spec(mc.cnn())["regularizers"][0].lam_max  # strengthened
+    reg, fresh = tr.regularizers[0], spec(mc.cnn())["regularizers"][0]
+    if isinstance(reg, rf.ELLEA):  # the data-scaled maximum: its gradient ratio doubles
+        assert reg.grad_ratio == 2 * fresh.grad_ratio
+    else:
+        assert reg.lam_max == 2 * fresh.lam_max  # strengthened
     mc.check_bf16(spec)
 
 

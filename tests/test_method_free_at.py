@@ -143,11 +143,13 @@ def test_bf16() -> None:
     mc.check_bf16(free_spec)
 
 
-def test_strengthening_stops_at_half_eps(model) -> None:
+def test_strengthening_is_capped(model) -> None:
     atk = FreeAT(model, 8 / 255)
     changes = [atk.strengthen() for _ in range(5)]
-    assert changes[0] == "step 0.03137 -> 0.0251" and changes[-1] is None
-    assert atk.step == pytest.approx(4 / 255)
+    assert changes[0] == "step 0.03137 -> 0.0251" and changes[3:] == [None, None]  # cap: 3 steps
+    assert atk.step == pytest.approx(0.8**3 * 8 / 255) and atk.strength == 3
+    small = FreeAT(model, 8 / 255, step=5 / 255)  # the ε/2 floor comes first
+    assert [small.strengthen() for _ in range(3)][1:] == [None, None] and small.step == pytest.approx(4 / 255)
 
 
 def test_argument_validation(model) -> None:

@@ -24,13 +24,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import robustfast as rf
-from robustfast._random import SeededRNG
 from robustfast.attacks import Attack, Magnitude
 from robustfast.component import Component, ExampleMemory
 from robustfast.data import IndexedDataset, load_digits_tensors
 from robustfast.models import Normalize
 from robustfast.ops import clip_delta
 from robustfast.regularizers import REGULARIZERS
+from robustfast.rng import SeededRNG
 from robustfast.training import AdversarialTrainer, COCheck, COGuard, adversarial_step, load_checkpoint
 
 EPS = 0.1
@@ -473,3 +473,34 @@ def test_warmup_can_scale_the_radius_or_the_step_only():
     with pytest.raises(rf.RobustfastError, match="what"):
         with pgd.scaled(0.5, "noise"):
             pass
+
+
+def _every_part() -> list[tuple[str, Component]]:
+    model = cnn()
+    parts: list[tuple[str, Component]] = [
+        (f"attack {n}", rf.create_attack(n, model, eps=8 / 255)) for n in rf.list_attacks()
+    ]
+    parts += [(f"regularizer {n}", rf.create_regularizer(n)) for n in rf.list_regularizers()]
+    parts += [(f"loss {n}", rf.create_loss(n)) for n in rf.list_losses()]
+    parts += [(f"plugin {n}", rf.create_plugin(n, model)) for n in rf.list_plugins()]
+    return parts
+
+
+@pytest.mark.parametrize(("what", "part"), _every_part(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_part_strengthens_a_bounded_number_of_times(what: str, part: Component) -> None:
+    """The guard never strengthens past a part's documented cap: at most ``max_strength`` changes, and a weight
+    that doubles ends at most 4× its start."""
+    weights = {n: getattr(part, n) for n in ("lam", "beta", "gamma", "grad_ratio", "lam_max")
+               if isinstance(getattr(part, n, None), float)}  # fmt: skip
+    changes = [part.strengthen() for _ in range(12)]
+    done = [c for c in changes if c is not None]
+    assert len(done) == part.strength <= part.max_strength, what
+    assert changes[len(done) :] == [None] * (12 - len(done)), f"{what}: a change after a refusal"
+    for n, start in weights.items():
+        if start > 0:
+            assert getattr(part, n) <= 4 * start + 1e-12, f"{what}: {n} {start} -> {getattr(part, n)}"
+    doc = type(part).__doc__ or ""
+    if done:  # a part that strengthens says how, and its cap, in its docstring (or its base class's)
+        text = " ".join((k.__doc__ or "") for k in type(part).__mro__)
+        assert "Strengthening" in text and ("at most" in text or "cap" in text or "up to" in text), what
+    assert doc, what

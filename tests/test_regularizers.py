@@ -11,8 +11,8 @@ from conftest import SmoothCNN, TinyCNN
 
 import robustfast as rf
 from robustfast import CURE, FGSM, RS, SEAT, AdvLC, GradAlign, GradNorm
+from robustfast.modes import math_attention
 from robustfast.modes import policy_matches as attack_mode_matches
-from robustfast.regularizers import math_attention
 from robustfast.regularizers.gradalign import grad_align_cos
 from robustfast.training import adversarial_step
 

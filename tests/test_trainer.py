@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import math
 from pathlib import Path
@@ -201,10 +202,10 @@ def test_checkpoint_save_is_atomic(tmp_path: Path, monkeypatch):
 
     def broken_save(obj, f, *a, **k):
         f.write(b"partial garbage")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(RobustfastError, match=r"could not write checkpoint .*last\.pt.*disk is full.*not touched"):
         save_checkpoint({"w": torch.zeros(3), "epoch": 2}, path)
     monkeypatch.undo()
     state = load_checkpoint(path)  # weights_only=True

@@ -9,7 +9,6 @@ strengthening (:class:`~robustfast.component.Component`).
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -30,7 +29,7 @@ from .._checks import (
     input_bounds,
     range_problem,
 )
-from .._random import SeededRNG
+from .._io import save_torch_file
 from .._registry import Registry
 from ..component import Component
 from ..context import StepContext
@@ -38,6 +37,7 @@ from ..errors import RobustfastError
 from ..losses import cross_entropy
 from ..modes import ModePolicy, model_mode, resolve_policy
 from ..ops import input_grad
+from ..rng import SeededRNG
 
 __all__ = [
     "ATTACKS",
@@ -212,6 +212,8 @@ class Attack(Component):
     norm: ClassVar[str] = "Linf"
     #: Whether the default objective is untargeted cross-entropy (so a clean gradient may be shared).
     default_loss_is_ce: ClassVar[bool] = True
+    #: Optimizer steps the trainer takes per minibatch with this attack (Free-AT's ``m``; 1 for every other).
+    replays: int = 1
     #: Hyper-parameters shown by ``repr`` (effective values).
     _repr_params: ClassVar[tuple[str, ...]] = ("eps",)
     state_attrs: ClassVar[tuple[str, ...]] = ("rng",)
@@ -300,15 +302,11 @@ class Attack(Component):
         finally:
             self.__dict__.update(saved)
 
-    def __repr__(self) -> str:
-        parts = []
-        for n in self._repr_params:
-            v = getattr(self, n, None)
-            parts.append(f"{n}={v:.4g}" if isinstance(v, float) else f"{n}={v!r}")
-        parts.append(f"bn_mode={self.bn_mode!r}")
+    def _repr_extra(self) -> list[str]:
+        parts = [f"bn_mode={self.bn_mode!r}"]
         if self.targeted:
             parts.append(f"targeted=True, target_fn={self.target_fn!r}")
-        return f"{type(self).__name__}({', '.join(parts)})"
+        return parts
 
     # ------------------------------------------------------------------ targets
     def _set_target(self, targeted: bool, target_fn: Any) -> None:
@@ -567,11 +565,7 @@ class Attack(Component):
             if save_clean_inputs:
                 clean = torch.cat(cleans)
                 out["clean_inputs"] = _as_type(clean, save_type)
-            path = Path(save_path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            torch.save(out, tmp)
-            os.replace(tmp, path)
+            save_torch_file(out, save_path, what="adversarial examples")
         return (100 * correct / total, l2 / total, elapsed) if return_verbose else None
 
     # ------------------------------------------------------------------ checks

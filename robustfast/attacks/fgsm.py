@@ -54,7 +54,7 @@ class FGSM(Attack):
 
     Strengthening after catastrophic overfitting: first a uniform random start of radius ``ε/2``, then ``ε``
     (projection to the ε-ball kept, as FGSM-RS), then the step shrinks by 0.8 per rollback down to ``ε/2``
-    (Wong et al.'s and locuslab's advice against CO: noise and a smaller α).
+    (Wong et al.'s and locuslab's advice against CO: noise and a smaller α); cap: 4 steps (noise ε, α = 0.64ε).
 
     Args:
         model: classifier returning ``(N, C)`` logits for ``[0, 1]`` inputs.
@@ -73,6 +73,7 @@ class FGSM(Attack):
     noise = Magnitude(0.0)
     _repr_params: ClassVar[tuple[str, ...]] = ("eps", "alpha", "noise")
     state_attrs: ClassVar[tuple[str, ...]] = ("alpha", "noise")
+    max_strength: ClassVar[int] = 4
 
     def __init__(
         self, model: nn.Module, eps: float = 8 / 255, alpha: float | None = None, *, noise: float = 0.0, **kwargs: Any

@@ -101,9 +101,9 @@ class FGSMCKPT(Attack):
     example is correctly classified at ``x + η``): a training step is 3F + 2B, the third forward being gradient-free
     and ``c − 1`` batches wide.
 
-    Strengthening after catastrophic overfitting: ``c`` doubles (3 → 6 → 12, at most 16). Finer checkpoints find
-    the smallest misclassifying perturbation more precisely, which is the method's defence against the distorted
-    decision boundary the paper links to catastrophic overfitting.
+    Strengthening after catastrophic overfitting: ``c`` doubles (3 → 6 → 12, at most 16; cap: 3 steps). Finer
+    checkpoints find the smallest misclassifying perturbation more precisely, which is the method's defence against
+    the distorted decision boundary the paper links to catastrophic overfitting.
 
     Args:
         model: classifier returning ``(N, C)`` logits for ``[0, 1]`` inputs.
@@ -120,6 +120,7 @@ class FGSMCKPT(Attack):
     alpha = Magnitude(1.25)
     _repr_params: ClassVar[tuple[str, ...]] = ("eps", "alpha", "c")
     state_attrs: ClassVar[tuple[str, ...]] = ("c",)
+    max_strength: ClassVar[int] = 3
     max_c: ClassVar[int] = 16
 
     def __init__(

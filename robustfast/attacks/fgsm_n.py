@@ -81,7 +81,7 @@ class FGSMN(Attack):
     ``x̃`` with the gradient of the forward whose logits AdvLC reuses (the cost the paper's Table 1 suggests).
 
     Strengthening after catastrophic overfitting: the noise grows by ε/2 per rollback, up to 2ε (towards N-FGSM's
-    k = 2ε, whose paper finds stronger noise is what prevents catastrophic overfitting); AdvLC's own
+    k = 2ε, whose paper finds stronger noise is what prevents catastrophic overfitting); cap: 2 steps. AdvLC's own
     strengthening doubles its λ.
 
     Args:

@@ -62,7 +62,7 @@ class MultiGrad(Attack):
     Cost: ``N`` forward + ``N`` backward for the attack (or one ``N``-times larger batch with
     ``batched=True``, which changes BatchNorm batch statistics to be over ``N·B`` examples).
     Strengthening after catastrophic overfitting: one more random start per rollback (up to 8), all of
-    which must agree (the paper's remedy: more samples).
+    which must agree (the paper's remedy: more samples); cap: 3 steps.
 
     Args:
         model: classifier returning ``(N, C)`` logits for ``[0, 1]`` inputs.
@@ -78,6 +78,7 @@ class MultiGrad(Attack):
     alpha = Magnitude(2.0)
     _repr_params: ClassVar[tuple[str, ...]] = ("eps", "alpha", "n_samples", "agree", "batched")
     state_attrs: ClassVar[tuple[str, ...]] = ("n_samples", "agree")
+    max_strength: ClassVar[int] = 3
 
     def __init__(
         self,

@@ -45,7 +45,7 @@ class NFGSM(Attack):
     By design ``‖δ‖∞`` can reach ``noise + alpha`` (3ε with the defaults); only the image box ``[0, 1]`` is
     enforced. Cost: 1 forward + 1 backward, like FGSM-RS. Not to be confused with AdvLC's "FGSM-N".
     Strengthening after catastrophic overfitting: the noise grows by ε per rollback, up to 4ε (the paper's
-    remedy at larger ε is more noise).
+    remedy at larger ε is more noise); cap: 2 steps (4ε from the default 2ε).
 
     Args:
         model: classifier returning ``(N, C)`` logits for ``[0, 1]`` inputs.

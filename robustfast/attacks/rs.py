@@ -45,7 +45,8 @@ class RS(Attack):
 
     Not torchattacks' ``RFGSM`` (an iterative attack); this is torchattacks' ``FFGSM`` with α relative to ε.
     Strengthening after catastrophic overfitting: the step shrinks by 0.8 per rollback, down to ``ε/2``
-    (locuslab's advice: Wong et al.'s FGSM-RS overfits for α ≥ 2ε, not at α ≤ ε).
+    (locuslab's advice: Wong et al.'s FGSM-RS overfits for α ≥ 2ε, not at α ≤ ε); cap: 3 steps (α = 0.64ε from
+    the default 1.25ε).
 
     Args:
         model: classifier returning ``(N, C)`` logits for ``[0, 1]`` inputs.
@@ -59,6 +60,7 @@ class RS(Attack):
     alpha = Magnitude(1.25)
     _repr_params: ClassVar[tuple[str, ...]] = ("eps", "alpha")
     state_attrs: ClassVar[tuple[str, ...]] = ("alpha",)
+    max_strength: ClassVar[int] = 3
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float | None = None, **kwargs: Any) -> None:
         super().__init__(model, eps, **kwargs)

@@ -64,7 +64,7 @@ class ZeroGrad(Attack):
     zeroed coordinates take no step and keep their random start; ``"perturbation"`` instead sets them to 0
     (the paper's Sec. 3.1 formula). Cost: FGSM-RS (1 forward + 1 backward) plus a per-sample selection.
     Strengthening after catastrophic overfitting: ``q`` grows by 0.1 per rollback, up to 0.9 (the paper's
-    Sec. 6.2 recipe: a larger q at larger ε).
+    Sec. 6.2 recipe: a larger q at larger ε); cap: 3 steps (+0.3).
 
     Args:
         model: classifier returning ``(N, C)`` logits for ``[0, 1]`` inputs.
@@ -80,6 +80,7 @@ class ZeroGrad(Attack):
     alpha = Magnitude(2.0)
     _repr_params: ClassVar[tuple[str, ...]] = ("eps", "alpha", "q", "zero_mode")
     state_attrs: ClassVar[tuple[str, ...]] = ("q",)
+    max_strength: ClassVar[int] = 3
 
     def __init__(
         self,

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._io import save_torch_file
 from ..errors import RobustfastError
 
 __all__ = ["AttackResult", "EvaluationReport", "summarize_protocol"]
@@ -206,8 +207,6 @@ class EvaluationReport:
             have = sorted(self.adversarial)
             raise RobustfastError(f"save_adversarial: no adversarial inputs for {name!r}; have {have}")
         result = self[name]
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "adv_inputs": self.adversarial[name],
             "labels": self.labels,
@@ -216,7 +215,7 @@ class EvaluationReport:
             "eps": self.eps,
             "protocol": json.loads(json.dumps(result.protocol, default=str)),
         }
-        torch.save(payload, out)
+        out = save_torch_file(payload, path, what="adversarial examples")
         return out
 
     def to_json(self, **kwargs: Any) -> str:

@@ -109,10 +109,10 @@ class AWP(Component):
     Cost per step: one more forward and backward for ``"ce"`` (two forwards for TRADES's proxy loss), plus the
     in-place add and subtract. Saved state: ``gamma``.
 
-    Strengthening after catastrophic overfitting: γ doubles, up to ``max_gamma``. AWP targets robust overfitting,
-    not catastrophic overfitting, and no paper or official code uses it against CO: a larger γ only asks for a
-    flatter weight-loss landscape; too large a γ stops the network from fitting the adversarial examples (Yu et
-    al., "Robust Weight Perturbation for Adversarial Training", IJCAI 2022), hence the cap.
+    Strengthening after catastrophic overfitting: γ doubles, up to ``max_gamma`` (and at most twice). AWP targets
+    robust overfitting, not catastrophic overfitting, and no paper or official code uses it against CO: a larger γ
+    only asks for a flatter weight-loss landscape; too large a γ stops the network from fitting the adversarial
+    examples (Yu et al., "Robust Weight Perturbation for Adversarial Training", IJCAI 2022), hence the cap.
 
     Example:
         ```python

@@ -275,7 +275,7 @@ class PGILoss(TrainingLoss):
     consistency between clean and adversarial logits (one clean forward, or the attack's clean logits when they were
     kept with their graph).
 
-    Strengthening after catastrophic overfitting: λ doubles.
+    Strengthening after catastrophic overfitting: λ doubles, at most twice (4× its start).
 
     Args:
         lam: λ (default 10, official ``--lamda``).

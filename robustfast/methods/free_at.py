@@ -90,7 +90,7 @@ class FreeAT(Attack):
 
     Strengthening after catastrophic overfitting (Free-AT overfits at ε = 16/255, GradAlign's Table 4): the step
     shrinks by 0.8 per rollback, down to ε/2, by analogy with FGSM-RS (a smaller step keeps δ off the corners of
-    the ε-box for longer, closer to PGD with small steps); ``m`` is left unchanged.
+    the ε-box for longer, closer to PGD with small steps); ``m`` is left unchanged; cap: 3 steps (0.512× the step).
 
     Args:
         model: classifier returning ``(N, C)`` logits for ``[0, 1]`` inputs.
@@ -105,6 +105,7 @@ class FreeAT(Attack):
     step = Magnitude(1.0)
     _repr_params: ClassVar[tuple[str, ...]] = ("eps", "m", "step")
     state_attrs: ClassVar[tuple[str, ...]] = ("delta", "step")
+    max_strength: ClassVar[int] = 3
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, m: int = 8, *, step: float | None = None,
                  **kwargs: Any) -> None:  # fmt: skip

@@ -277,7 +277,7 @@ class GATAttack(_MilestoneLam, GuidedAttack):
     epoch of ``lam_milestones`` (the code: ``(86,)`` with factor 4 over 100 epochs; the default ``()`` keeps λ
     constant). Give the loss the same schedule. The minibatch counter (``_iter``) restarts at every epoch start.
 
-    Strengthening after catastrophic overfitting: λ doubles.
+    Strengthening after catastrophic overfitting: λ doubles, at most twice (4× its start).
 
     Args:
         model: classifier returning ``(N, C)`` logits for ``[0, 1]`` inputs.
@@ -337,7 +337,7 @@ class GATLoss(_MilestoneLam, TrainingLoss):
     After any attack (FGSM...) it is clean CE + λ·distance at that attack's ``x_adv``.
 
     λ schedule: as :class:`GATAttack` (``lam_milestones``, ``lam_factor``, driven by the ``on_epoch_start`` hook).
-    Strengthening after catastrophic overfitting: λ doubles.
+    Strengthening after catastrophic overfitting: λ doubles, at most twice (4× its start).
 
     Args:
         lam: λ (default 10, the code's ``l2_reg``).

@@ -160,7 +160,7 @@ class MARTLoss(TrainingLoss):
     the model's current mode; else one forward) and the training forward at ``x_adv``. Works after any attack.
     ``ctx.extras["mart_weighted_kl"]`` holds the β-free robust term (detached).
 
-    Strengthening after catastrophic overfitting: β doubles.
+    Strengthening after catastrophic overfitting: β doubles, at most twice (4× its start).
 
     Args:
         beta: weight β of the misclassification-aware KL (default 6: the official WRN-34-10 script; the

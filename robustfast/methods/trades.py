@@ -198,7 +198,7 @@ class TRADESLoss(TrainingLoss):
     backward through both.
 
     Strengthening after catastrophic overfitting: β doubles (more weight on the smoothness term; multi-step
-    TRADES rarely overfits catastrophically, short-step variants may).
+    TRADES rarely overfits catastrophically, short-step variants may), at most twice (4× its start).
 
     Args:
         beta: weight β of the KL term (default 6, the official CIFAR-10 value; the flag's help calls it 1/λ).

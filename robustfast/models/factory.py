@@ -21,7 +21,7 @@ from .._registry import Registry
 from ..errors import RobustfastError
 from .normalize import Normalize, resolve_normalize
 
-__all__ = ["MODELS", "create", "list_models", "load_weights", "register_model"]
+__all__ = ["MODELS", "create", "list_models", "load_weights", "register_model", "weights_mismatch"]
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
@@ -192,6 +192,27 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         target = model.model  # a bare-network checkpoint for a normalized model
     try:
         target.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise RobustfastError(f"checkpoint {str(path)!r} does not fit the model: {e}") from e
+    except RuntimeError:
+        raise RobustfastError(
+            f"the weights in {str(path)!r} do not fit this model ({weights_mismatch(target, state)}); load them into "
+            "the architecture they were trained with (same model name, number of classes, input channels and "
+            "normalization)"
+        ) from None
     return model
+
+
+def weights_mismatch(model: nn.Module, saved: dict[str, Any]) -> str:
+    """What differs between a model's tensors and a saved state dict, in a few words (counts and one example)."""
+    mine = model.state_dict()
+    missing = [k for k in mine if k not in saved]
+    extra = [k for k in saved if k not in mine]
+    shapes = [f"{k}: {tuple(saved[k].shape)} saved vs {tuple(v.shape)} here" for k, v in mine.items()
+              if k in saved and hasattr(saved[k], "shape") and saved[k].shape != v.shape]  # fmt: skip
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) of this model are not in the file, e.g. {missing[0]!r}")
+    if extra:
+        parts.append(f"{len(extra)} saved tensor(s) are not in this model, e.g. {extra[0]!r}")
+    if shapes:
+        parts.append(f"{len(shapes)} shape(s) differ, e.g. {shapes[0]}")
+    return "; ".join(parts) or "the tensors do not load"

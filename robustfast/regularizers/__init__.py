@@ -5,7 +5,6 @@ Every module of this package is imported here, so a regularizer registers itself
 """
 
 from .._discover import import_submodules
-from .attention import math_attention
 from .base import REGULARIZERS, Regularizer, create_regularizer, list_regularizers, register_regularizer
 
 __all__ = [
@@ -13,7 +12,6 @@ __all__ = [
     "Regularizer",
     "create_regularizer",
     "list_regularizers",
-    "math_attention",
     "register_regularizer",
 ]
 __all__ += import_submodules(__name__, globals(), skip=("base", "attention"))

@@ -48,12 +48,20 @@ class AdaptiveWeight:
         """Population standard deviation of the history (``np.std``)."""
         return math.sqrt(self.m2 / self.count) if self.count else 0.0
 
-    def next_lam(self, lam: float, value: float) -> float:
-        """The weight for the next step, given the current weight and this step's linearity error."""
+    def is_outlier(self, value: float) -> bool:
+        """Whether ``value`` would switch the weight on (compared with the earlier values only)."""
+        return (
+            math.isfinite(value) and self.count >= self.min_history and value > self.mean + self.sensitivity * self.std
+        )
+
+    def next_lam(self, lam: float, value: float, jump: float | None = None) -> float:
+        """The weight for the next step, given the current weight and this step's linearity error.
+
+        ``jump``: the weight an outlier switches on (default ``lam_max``; ELLE-A's data-scaled rule passes its own).
+        """
         if not math.isfinite(value):
             return lam
-        outlier = self.count >= self.min_history and value > self.mean + self.sensitivity * self.std
-        new = self.lam_max if outlier else self.decay * lam
+        new = (self.lam_max if jump is None else jump) if self.is_outlier(value) else self.decay * lam
         self.count += 1  # append after the comparison (Welford update)
         delta = value - self.mean
         self.mean += delta / self.count

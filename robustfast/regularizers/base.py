@@ -44,7 +44,7 @@ from .._registry import Registry
 from ..component import Component
 from ..context import StepContext
 from ..errors import RobustfastError
-from .attention import math_attention
+from ..modes import math_attention
 
 __all__ = [
     "REGULARIZERS",
@@ -120,13 +120,16 @@ class Regularizer(Component):
 
     Subclasses implement :meth:`penalty` on the step record and declare what they need:
 
+    Strengthening after catastrophic overfitting (unless a subclass says otherwise): λ doubles, at most twice (4× its
+    start; a penalty at 0 starts at 0.1).
+
     Attributes:
         lam: the weight λ the penalty is multiplied by (part of the state: strengthening doubles it).
         requests: names from :data:`robustfast.context.REQUESTS` the attack / training step should keep
             attached to the graph (``"clean_logits"``, ``"clean_grad_graph"``, ``"adv_grad_graph"``).
         needs_double_backward: the penalty differentiates through an input gradient (GradAlign, CURE,
             GradNorm); the penalty (and, in :func:`~robustfast.training.adversarial_step`, the whole step)
-            then runs under :func:`~robustfast.regularizers.attention.math_attention`.
+            then runs under :func:`~robustfast.modes.math_attention`.
         needs_x_adv: the penalty uses ``x_adv``.
     """
 
@@ -138,11 +141,6 @@ class Regularizer(Component):
 
     def __init__(self, lam: float) -> None:
         self.lam = check_lam(type(self).__name__, lam)
-
-    @property
-    def name(self) -> str:
-        """Short name used in logs and histories."""
-        return type(self).__name__.lower()
 
     def __call__(
         self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor | None = None, *, context: StepContext | None = None
@@ -185,10 +183,3 @@ class Regularizer(Component):
         old = self.lam
         self.lam = old * 2.0 if old > 0 else 0.1
         return f"{self.name}.lam {old:g} -> {self.lam:g}"
-
-    def __repr__(self) -> str:
-        parts = []
-        for n in self._repr_params:
-            v = getattr(self, n)
-            parts.append(f"{n}={v:.4g}" if isinstance(v, float) else f"{n}={v!r}")
-        return f"{type(self).__name__}({', '.join(parts)})"

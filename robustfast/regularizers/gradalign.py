@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import as_magnitude
-from .._random import SeededRNG
 from ..context import StepContext
 from ..errors import RobustfastError
 from ..losses import cross_entropy
 from ..ops import input_grad, uniform_like
+from ..rng import SeededRNG
 from ._fd import fd_grad_vjp, probe
 from .base import Regularizer, register_regularizer
 

@@ -17,11 +17,11 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import as_magnitude
-from .._random import SeededRNG
 from ..context import StepContext
 from ..errors import RobustfastError
 from ..losses import cross_entropy
 from ..ops import input_grad, uniform_like
+from ..rng import SeededRNG
 from ._adaptive import AdaptiveWeight
 from .base import Regularizer, check_lam, register_regularizer
 
@@ -41,7 +41,7 @@ class LLR(Regularizer):
     reproduces the repository. Cost: 3 forwards' worth of batch (``B`` + ``2B``), one backward with
     ``create_graph`` and a second-order pass in the final backward.
 
-    Strengthening after catastrophic overfitting: ``lam_max`` doubles.
+    Strengthening after catastrophic overfitting: ``lam_max`` doubles, at most twice (4× its start).
 
     Args:
         eps: radius of the uniform points (default ``8/255``; use the training ε).

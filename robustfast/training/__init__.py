@@ -1,10 +1,12 @@
 """Training: the phased adversarial step and the ``AdversarialTrainer`` with its schedules, hooks and guard."""
 
 from .averaging import EMA, SWA, recompute_bn
-from .callbacks import HOOKS, HookSet, TensorBoardLogger
-from .checkpoint import load_checkpoint, save_checkpoint
+from .callbacks import HOOKS, Callback, HookSet
+from .checkpoint import Checkpointer, load_checkpoint, save_checkpoint
 from .co_guard import COCheck, COGuard
 from .history import History
+from .loggers import EpochLogger, HistoryWriter, ProgressBar, TensorBoardLogger
+from .rollback import GuardPolicy
 from .schedules import Constant, Cyclic, LinearWarmup, OneCycle, Piecewise, Schedule
 from .step import StepOutput, adversarial_step, craft, step_losses
 from .trainer import AdversarialTrainer
@@ -16,13 +18,19 @@ __all__ = [
     "AdversarialTrainer",
     "COCheck",
     "COGuard",
+    "Callback",
+    "Checkpointer",
     "Constant",
     "Cyclic",
+    "EpochLogger",
+    "GuardPolicy",
     "History",
+    "HistoryWriter",
     "HookSet",
     "LinearWarmup",
     "OneCycle",
     "Piecewise",
+    "ProgressBar",
     "Schedule",
     "StepOutput",
     "TensorBoardLogger",

@@ -27,23 +27,29 @@ Every participant of a step (the attack, the training loss, the regularizers, tr
 weight averagers) and every callback is called the same way: each method named after a hook point receives
 only the keyword arguments it names, resolved once when it is registered. :meth:`HookSet.add` returns a
 ``torch.utils.hooks.RemovableHandle``. A callback may set ``trainer.should_stop = True`` to end the run after the
-current epoch.
+current epoch. :class:`Callback` is a typed base with every hook as a no-op; subclassing it is optional.
+
+A method named like a hook (``on_*``, ``around_*``) that is not one is an error when the object is registered, with
+the closest hook named: a typo (``on_after_atack``) is never silently a method that is not called.
+
+The trainer's own logging, progress bar, history files and checkpoints are built-in callbacks of this kind
+(:mod:`robustfast.training.loggers`, :class:`robustfast.training.checkpoint.Checkpointer`).
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack, contextmanager
-from pathlib import Path
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
 from torch.utils.hooks import RemovableHandle
 
 from ..errors import RobustfastError
 
-__all__ = ["HOOKS", "HookSet", "TensorBoardLogger"]
+__all__ = ["HOOKS", "WRAPPER", "Callback", "HookSet", "check_hook_names"]
 
 HOOKS = (
     "on_fit_start",
@@ -61,6 +67,75 @@ HOOKS = (
 )
 #: Context-manager hook: ``around_update(trainer, ctx)`` wraps the training loss, backward and optimizer step.
 WRAPPER = "around_update"
+
+
+class Callback:
+    """A typed base for callbacks and method parts: every hook point as a no-op (override the ones you need).
+
+    Overriding is optional (any object with hook-named methods works); hooks left as they are here cost nothing,
+    the trainer does not call them.
+    """
+
+    def on_fit_start(self, trainer: Any, epochs: int) -> None:
+        """Before the first epoch (also after a resume)."""
+
+    def on_epoch_start(self, trainer: Any, epoch: int) -> None:
+        """Before each epoch (``epoch`` counts from 0)."""
+
+    def on_batch_start(self, trainer: Any, epoch: int, step: int, x: Any, y: Any, index: Any) -> None:
+        """Before each optimizer step (each replay, for attacks that replay minibatches)."""
+
+    def on_after_attack(self, trainer: Any, ctx: Any) -> None:
+        """After the attack crafted the step record ``ctx``."""
+
+    def on_before_backward(self, trainer: Any, out: Any, loss: Any) -> None:
+        """After the training loss and penalties, before ``loss.backward()``."""
+
+    def on_after_backward(self, trainer: Any, out: Any) -> None:
+        """After the backward pass (parameter gradients are set)."""
+
+    def on_before_optimizer_step(self, trainer: Any, optimizer: Any) -> None:
+        """Before ``optimizer.step()`` (gradients unscaled)."""
+
+    def on_after_optimizer_step(self, trainer: Any, optimizer: Any, step: int) -> None:
+        """After the optimizer step (``step`` counts steps done)."""
+
+    def on_batch_end(self, trainer: Any, epoch: int, step: int, out: Any, loss: float, lr: float) -> None:
+        """After each optimizer step."""
+
+    def on_epoch_end(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
+        """After each epoch that was kept (``record``: its history row)."""
+
+    def on_rollback(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
+        """After a catastrophic-overfitting rollback to ``epoch``."""
+
+    def on_fit_end(self, trainer: Any, history: Any) -> None:
+        """When ``fit`` returns."""
+
+    def around_update(self, trainer: Any, ctx: Any) -> AbstractContextManager[None]:  # pragma: no cover - base
+        """A context manager around the training loss, backward and optimizer step (none here)."""
+        raise NotImplementedError
+
+
+def check_hook_names(obj: object) -> None:
+    """Raise when ``obj`` has a method named like a hook (``on_*``, ``around_*``) that is not one."""
+    known = (*HOOKS, WRAPPER)
+    for name in dir(type(obj)):
+        if not (name.startswith("on_") or name.startswith("around_")) or name in known:
+            continue
+        if not callable(getattr(type(obj), name, None)):
+            continue
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise RobustfastError(
+            f"{type(obj).__name__}.{name} is named like a hook but is not one{hint} Hook points: {', '.join(known)}"
+        )
+
+
+def _overrides(obj: object, name: str) -> bool:
+    """Whether ``obj``'s hook ``name`` is more than :class:`Callback`'s no-op."""
+    fn = getattr(type(obj), name, None)
+    return fn is not None and fn is not getattr(Callback, name, None)
 
 
 def _bind(fn: Callable[..., Any]) -> Callable[[dict[str, Any]], Any]:
@@ -85,7 +160,12 @@ class HookSet:
 
         Returns a handle whose ``.remove()`` unregisters ``obj``.
         """
-        bound = {h: _bind(getattr(obj, h)) for h in (*HOOKS, WRAPPER) if callable(getattr(obj, h, None))}
+        check_hook_names(obj)
+        bound = {
+            h: _bind(getattr(obj, h))
+            for h in (*HOOKS, WRAPPER)
+            if callable(getattr(obj, h, None)) and (not isinstance(obj, Callback) or _overrides(obj, h))
+        }
         if strict and not bound:
             raise RobustfastError(
                 f"callback {obj!r} implements none of the hook points {', '.join(HOOKS)}; check the method names"
@@ -129,40 +209,3 @@ def check_callbacks(callbacks: Iterable[object]) -> list[object]:
     for cb in out:
         probe.add(cb, strict=True)
     return out
-
-
-class TensorBoardLogger:
-    """Write each epoch's numeric history values and the per-step loss to TensorBoard (rank 0 only).
-
-    Args:
-        log_dir: the event folder.
-        every_steps: log the training loss every this many steps (default 50; 0 disables step logging).
-    """
-
-    def __init__(self, log_dir: str | Path, every_steps: int = 50) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise RobustfastError("TensorBoardLogger needs tensorboard: pip install 'robustfast[tensorboard]'") from e
-        if not isinstance(every_steps, int) or every_steps < 0:
-            raise RobustfastError(f"TensorBoardLogger(every_steps={every_steps!r}): must be an integer >= 0")
-        self.writer = SummaryWriter(str(log_dir))
-        self.every_steps = every_steps
-
-    def on_batch_end(self, trainer: Any, step: int, loss: float) -> None:
-        """Log the step loss every ``every_steps`` steps."""
-        if trainer.is_main_process and self.every_steps and step % self.every_steps == 0:
-            self.writer.add_scalar("train/step_loss", loss, step)
-
-    def on_epoch_end(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
-        """Log every numeric value of the epoch's record."""
-        if not trainer.is_main_process:
-            return
-        for k, v in record.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch":
-                self.writer.add_scalar(k, v, epoch)
-        self.writer.flush()
-
-    def on_fit_end(self) -> None:
-        """Close the writer."""
-        self.writer.close()

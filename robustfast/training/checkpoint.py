@@ -1,16 +1,15 @@
 """Atomic checkpoints, safe loading and exact RNG capture.
 
-:func:`save_checkpoint` writes to a temporary file in the same folder, flushes it to disk and renames it over
-the target (``os.replace`` is atomic on POSIX and Windows), so a crash or error during saving never damages the
-previous checkpoint. :func:`load_checkpoint` uses ``torch.load(weights_only=True)``: no arbitrary code is
-unpickled; everything saved is tensors and plain Python values. Methods' own generators are part of their state
+:func:`save_checkpoint` writes atomically (a temporary file in the same folder, flushed and renamed over the
+target), so a crash, a full disk or an error during saving never damages the previous checkpoint.
+:func:`load_checkpoint` uses ``torch.load(weights_only=True)``: no arbitrary code is unpickled; everything saved is
+tensors and plain Python values. Methods' own generators are part of their state
 (:meth:`robustfast.component.Component.state_dict`); :func:`capture_rng` covers the global generators and the
 loaders'.
 """
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,27 +18,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._io import read_torch_file
+from .._io import read_torch_file, save_torch_file
 from ..errors import RobustfastError
+from .callbacks import Callback
 
-__all__ = ["capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint"]
+__all__ = ["Checkpointer", "capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint"]
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Save ``state`` to ``path`` atomically (write a temporary file, fsync, rename); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    """Save ``state`` to ``path`` atomically (:func:`robustfast._io.atomic_write`); returns the path."""
+    return save_torch_file(state, path, what="checkpoint")
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
@@ -98,3 +86,48 @@ def restore_rng(state: dict[str, Any], loaders: Iterable[Any] = ()) -> None:
                 "(a DataLoader built with generator=torch.Generator())"
             )
         gens[key].set_state(s)
+
+
+class Checkpointer(Callback):
+    """Save the trainer's state to ``checkpoint_dir`` (the trainer's ``checkpoint_dir``; files written on rank 0).
+
+    * ``last.pt`` after every epoch, after a rollback and, when the run was restored to its best checked state at
+      the end, once more: it always holds what the run is (``fit(resume=True)`` continues from it).
+    * ``best.pt`` whenever the CO guard keeps a new best checked state (the state a rollback returns to), so a
+      resumed run rolls back exactly as the uninterrupted one.
+
+    Under DDP every rank's own state (its random streams, its method parts' per-rank state) is gathered into the
+    files, and each rank gets its own back on resume.
+    """
+
+    def __init__(self, checkpoint_dir: str | Path) -> None:
+        self.dir = Path(checkpoint_dir)
+
+    def save_last(self, trainer: Any, next_epoch: int) -> None:
+        """Write ``last.pt`` with the state before epoch ``next_epoch`` (a collective call under DDP)."""
+        state = trainer.state_dict(next_epoch, all_ranks=True)
+        if trainer.is_main_process:
+            save_checkpoint(state, self.dir / "last.pt")
+
+    def save_best(self, trainer: Any) -> None:
+        """Write ``best.pt`` when the guard's best state changed (a collective call under DDP)."""
+        policy = trainer.guard_policy
+        if policy is None or not policy.best_changed or policy.best_state is None:
+            return
+        state = trainer.gather_ranks(policy.best_state)
+        if trainer.is_main_process:
+            save_checkpoint(state, self.dir / "best.pt")
+        policy.best_changed = False
+
+    def on_epoch_end(self, trainer: Any, epoch: int) -> None:
+        self.save_best(trainer)
+        self.save_last(trainer, epoch + 1)
+
+    def on_rollback(self, trainer: Any, epoch: int) -> None:
+        self.save_best(trainer)
+        self.save_last(trainer, epoch)
+
+    def on_fit_end(self, trainer: Any) -> None:
+        policy = trainer.guard_policy
+        if policy is not None and policy.restored_at_end is not None:
+            self.save_last(trainer, trainer.epoch)

@@ -13,13 +13,23 @@ clean point, step ε) and PGD (``pgd_steps`` steps, α = ε/4, seeded random sta
   its best *and* the FGSM−PGD gap stayed more than ``tolerance`` above the gap at the best check. Both together
   are CO's signature; an ordinary dip (a high learning rate, noise) lowers FGSM and PGD accuracy together.
 
-**Policy** (``on_co``): ``"flag"`` records ``co=True`` and continues; ``"rollback"`` restores the **best** state
-seen (highest guard PGD accuracy: model, optimizer, scheduler, scaler, averagers, RNGs, every method's own state),
-lets the method strengthen itself (:meth:`robustfast.component.Component.strengthen`: a larger λ for GradAlign,
-a larger q for ZeroGrad, noise or a smaller step for FGSM...) and continues; ``"stop"`` ends training. Strengthening
-accumulates across rollbacks. With nothing to strengthen, training ends on the restored best state. At most
-``max_rollbacks`` rollbacks happen; a further CO restores the best state once more and ends training there (a
-run never ends collapsed; before any epoch passed a check there is no best state, and CO is only flagged).
+**Policy** (``on_co``; carried out by :class:`robustfast.training.rollback.GuardPolicy`): ``"flag"`` records
+``co=True`` and continues; ``"rollback"`` restores the **best** state seen (highest guard PGD accuracy: model,
+optimizer, scheduler, scaler, averagers, RNGs, every method's own state), lets the method strengthen itself
+(:meth:`robustfast.component.Component.strengthen`: a larger λ for GradAlign, a larger q for ZeroGrad, noise or a
+smaller step for FGSM...) and continues; ``"stop"`` ends training. Strengthening accumulates across rollbacks and is
+bounded (each part's ``max_strength``: a doubled λ reaches at most 4× its start). With nothing (left) to strengthen,
+training ends on the restored best state. At most ``max_rollbacks`` rollbacks happen; a further CO restores the
+best state once more and ends training there (a run never ends collapsed; before any epoch passed a check there is
+no best state, and CO is only flagged).
+
+**Ending on the best checked state** (``restore_best``, on by default with ``"rollback"``): when training ends with
+the last check more than ``restore_tolerance`` below the best one (a decline without CO's signature, e.g. an
+over-regularized run), the best checked weights (and weight averages) are restored, recorded in the history
+(``restored_best_epoch``) and announced.
+
+**Under DDP** every rank gets rank 0's BatchNorm statistics before a check, measures its share of the held-out
+batch and the counts are summed over ranks, so every rank takes the same decision.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from .._checks import as_magnitude, check_choice, check_int, check_number
 from ..component import Component
 from ..errors import RobustfastError
 from ..losses import TrainingLoss
@@ -61,11 +72,6 @@ class COCheck:
 StrengthenPolicy = Literal["first", "all"] | Callable[[Sequence[Component]], str | None]
 
 
-def _number(name: str, v: Any, lo: float, hi: float) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo < v <= hi:
-        raise RobustfastError(f"COGuard({name}={v!r}): a number in ({lo:g}, {hi:g}]")
-
-
 class COGuard:
     """Detect catastrophic overfitting on a fixed held-out batch and optionally roll back (see module docs).
 
@@ -86,6 +92,10 @@ class COGuard:
             ``(components) -> description | None``.
         max_rollbacks: cap on rollbacks that strengthen and continue (default 3); a CO after them ends training on
             the best state.
+        restore_best: at the end of training, restore the best checked state when the last check is more than
+            ``restore_tolerance`` below it (default ``None``: on with ``on_co="rollback"``, off otherwise).
+        restore_tolerance: how far (in PGD accuracy on the held-out batch) the last check may fall below the best
+            before ``restore_best`` acts (default 0.03, about one standard error on 256 points).
         pgd_steps: PGD iterations (default 10, α = ε/4, 1 restart).
         seed: seed of the PGD random start (default 0), so checks are comparable across epochs.
     """
@@ -104,37 +114,42 @@ class COGuard:
         on_co: Literal["flag", "rollback", "stop"] = "flag",
         strengthen: StrengthenPolicy = "first",
         max_rollbacks: int = 3,
+        restore_best: bool | None = None,
+        restore_tolerance: float = 0.03,
         pgd_steps: int = 10,
         seed: int = 0,
     ) -> None:
+        name = "COGuard"
         if not isinstance(x, Tensor) or not isinstance(y, Tensor) or x.dim() < 2 or y.shape != x.shape[:1]:
             raise RobustfastError("COGuard(x, y): pass a held-out batch x of shape (N, ...) and labels y of shape (N,)")
         if x.shape[0] == 0:
             raise RobustfastError("COGuard(x, y): the held-out batch is empty")
         if not x.is_floating_point() or not torch.isfinite(x).all() or x.min() < -1e-4 or x.max() > 1 + 1e-4:
             raise RobustfastError("COGuard(x, ...): held-out images must be finite floats in [0, 1]")
-        _number("drop", drop, 0.0, 1.0)
-        for name, v in (("gap", gap), ("tolerance", tolerance)):
-            if v is not None:
-                _number(name, v, 0.0, 1.0)
-        if on_co not in ("flag", "rollback", "stop"):
-            raise RobustfastError(f"COGuard(on_co={on_co!r}): choose 'flag', 'rollback' or 'stop'")
-        if every_steps is not None and (
-            isinstance(every_steps, bool) or not isinstance(every_steps, int) or every_steps < 1
-        ):
-            raise RobustfastError(f"COGuard(every_steps={every_steps!r}): a positive integer or None")
+        if y.is_floating_point() or y.dtype == torch.bool or (y.numel() and int(y.min()) < 0):
+            raise RobustfastError("COGuard(..., y): labels must be integer class indices >= 0")
+        eps = as_magnitude(name, "eps", eps)
+        if eps == 0:
+            raise RobustfastError("COGuard(eps=0): the probes need a radius > 0 (or None: the training attack's ε)")
+        check_number(name, "drop", drop, 0.0, 1.0, lo_open=True)
+        check_number(name, "gap", gap, 0.0, 1.0, lo_open=True, allow_none=True)
+        check_number(name, "tolerance", tolerance, 0.0, 1.0, lo_open=True, allow_none=True)
+        check_number(name, "restore_tolerance", restore_tolerance, 0.0, 1.0)
+        check_choice(name, "on_co", on_co, ("flag", "rollback", "stop"))
+        check_int(name, "every_steps", every_steps, 1, allow_none=True)
         if strengthen not in ("first", "all") and not callable(strengthen):
             raise RobustfastError("COGuard(strengthen=...): 'first', 'all' or a callable (components) -> str | None")
-        for name, v, lo in (
-            ("patience", patience, 1),
-            ("pgd_steps", pgd_steps, 1),
-            ("max_rollbacks", max_rollbacks, 0),
-        ):
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise RobustfastError(f"COGuard({name}={v!r}): an integer >= {lo}")
+        check_int(name, "patience", patience, 1)
+        check_int(name, "pgd_steps", pgd_steps, 1)
+        check_int(name, "max_rollbacks", max_rollbacks, 0)
+        check_int(name, "seed", seed)
+        if restore_best is not None and not isinstance(restore_best, bool):
+            raise RobustfastError(f"COGuard(restore_best={restore_best!r}): True, False or None")
         self.x, self.y = x.detach(), y.detach().long()
         self.eps, self.drop, self.gap, self.tolerance, self.patience = eps, drop, gap, tolerance, patience
         self.every_steps, self.on_co, self.max_rollbacks = every_steps, on_co, max_rollbacks
+        self.restore_best = on_co == "rollback" if restore_best is None else restore_best
+        self.restore_tolerance = float(restore_tolerance)
         self.strengthen = strengthen
         self.pgd_steps, self.seed = pgd_steps, seed
         self.best_pgd_acc = 0.0
@@ -153,13 +168,8 @@ class COGuard:
         gradual rule's streak are left alone, so the best state is always one the trainer could snapshot (an epoch
         end).
         """
-        from ..evaluation.diagnostics import fgsm_pgd_gap
-
         eps = self.eps if self.eps is not None else eps
-        x = self.x.to(device) if device is not None else self.x
-        with torch.autocast(x.device.type, enabled=False):
-            m = fgsm_pgd_gap(model, x, self.y.to(x.device), eps, steps=self.pgd_steps, seed=self.seed)
-        f, p = m["fgsm_acc"], m["pgd_acc"]
+        f, p = self._measure(model, eps, device)
         reason = None
         if p < self.best_pgd_acc - self.drop:
             reason = f"PGD accuracy {p:.3f} fell more than {self.drop:g} below its best {self.best_pgd_acc:.3f}"
@@ -182,6 +192,27 @@ class COGuard:
         self.checks.append(result)
         return result
 
+    def _measure(self, model: nn.Module, eps: float, device: torch.device | None) -> tuple[float, float]:
+        """FGSM and PGD accuracy on the held-out batch; under DDP each rank takes every ``world``-th point and the
+        counts are summed, so every rank gets the same numbers (the model's buffers are synced by the caller)."""
+        from ..evaluation.diagnostics import fgsm_pgd_gap
+        from .distributed import all_reduce_sum, is_distributed, rank, world_size
+
+        x = self.x.to(device) if device is not None else self.x
+        y = self.y.to(x.device)
+        if is_distributed():
+            x, y = x[rank() :: world_size()], y[rank() :: world_size()]
+        n = x.shape[0]
+        f = p = 0.0
+        if n:
+            with torch.autocast(x.device.type, enabled=False):
+                m = fgsm_pgd_gap(model, x, y, eps, steps=self.pgd_steps, seed=self.seed)
+            f, p = m["fgsm_acc"], m["pgd_acc"]
+        if not is_distributed():
+            return f, p
+        fc, pc, total = all_reduce_sum([round(f * n), round(p * n), n], x.device)
+        return fc / total, pc / total
+
     def strengthen_components(self, components: Sequence[Component]) -> str | None:
         """Apply the ``strengthen`` policy to the method's parts; returns what changed (``None``: nothing)."""
         if callable(self.strengthen):
@@ -200,7 +231,7 @@ class COGuard:
         return "; ".join(changes) or None
 
     def state_dict(self) -> dict[str, Any]:
-        """The guard's running values (plain values)."""
+        """The guard's running values (plain values; the best state itself is the trainer's ``best.pt``)."""
         return {"best_pgd_acc": self.best_pgd_acc, "best_gap": self.best_gap, "best_epoch": self.best_epoch,
                 "n_rollbacks": self.n_rollbacks, "streak": self.streak}  # fmt: skip
 

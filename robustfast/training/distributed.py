@@ -3,15 +3,22 @@
 The trainer wraps the model in ``DistributedDataParallel`` when a process group is initialized, all-reduces its
 metrics, calls ``sampler.set_epoch`` and writes checkpoints/logs on rank 0 only. Use a
 ``DistributedSampler`` in the training loader so each rank sees its own shard.
+
+What must agree across ranks is made to agree here: :func:`sync_buffers` gives every rank rank 0's BatchNorm
+statistics before anything is evaluated (DDP broadcasts them only at the start of the next forward, so after the
+last step each rank holds its own), :func:`all_reduce_sum` turns per-rank counts into one verdict, and
+:func:`gather` collects each rank's own state (its random streams) for a checkpoint.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["all_reduce_sum", "is_distributed", "rank", "world_size", "wrap_ddp"]
+__all__ = ["all_reduce_sum", "gather", "is_distributed", "rank", "sync_buffers", "world_size", "wrap_ddp"]
 
 
 def is_distributed() -> bool:
@@ -44,3 +51,24 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     t: Tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def sync_buffers(model: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics...) to every rank (no-op without a process group).
+
+    DDP does the same at the start of its next forward, so training is unchanged; evaluations, the CO guard's
+    checks and checkpoints then see one model on every rank.
+    """
+    if not is_distributed():
+        return
+    for b in model.buffers():
+        dist.broadcast(b.data, src=0)
+
+
+def gather(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` without a process group); a collective call."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from .._io import atomic_write, write_text
 
 __all__ = ["History"]
 
@@ -33,24 +34,18 @@ class History(list):
 
     def to_json(self, path: str | Path) -> None:
         """Write the records as a JSON list (atomically)."""
-        _atomic_write_text(Path(path), json.dumps(list(self), indent=1, default=str))
+        write_text(path, json.dumps(list(self), indent=1, default=str), what="history")
 
     def to_csv(self, path: str | Path) -> None:
         """Write the records as CSV, one row per epoch (atomically)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
+
+        def write(f: Any) -> None:
             w = csv.DictWriter(f, fieldnames=self.columns)
             w.writeheader()
             w.writerows(self)
-        os.replace(tmp, path)
+
+        atomic_write(path, write, binary=False, what="history")
 
     def state_dict(self) -> list[dict[str, Any]]:
         """The records (plain Python values, safe for ``weights_only`` loading)."""
         return [dict(r) for r in self]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

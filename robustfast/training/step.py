@@ -20,7 +20,7 @@ from ..attacks.base import Attack
 from ..context import StepContext
 from ..errors import RobustfastError
 from ..losses import TrainingLoss, as_training_loss
-from ..regularizers.attention import math_attention
+from ..modes import math_attention
 from ..regularizers.base import Regularizer
 
 __all__ = ["StepOutput", "adversarial_step", "craft", "step_losses", "step_requests"]
@@ -112,7 +112,7 @@ def adversarial_step(
     computes only the rest. Every pass uses the record's pixel-space network, so with an attack fed normalized
     images (``set_normalization_used``) the penalties and ε are in pixel units like the attack's. The model's
     mode is the caller's (the trainer: ``train()``). When a part needs double backprop, the whole step runs
-    under :func:`~robustfast.regularizers.attention.math_attention` (timm ViTs: no fused attention).
+    under :func:`~robustfast.modes.math_attention` (timm ViTs: no fused attention).
 
     Args:
         model: the network being trained.

@@ -3,8 +3,10 @@
 The fit loop is short: each step runs the phases of :mod:`robustfast.training.step` and calls the hook points of
 :mod:`robustfast.training.callbacks` between them. The trainer names no method: the attack, the training loss,
 the regularizers and the plugins are :class:`~robustfast.component.Component` objects that own their state,
-declare their needs and their response to catastrophic overfitting, and join the loop through hooks.
-Checkpoints, averaging, the CO guard, schedules and DDP live in their own modules.
+declare their needs and their response to catastrophic overfitting, and join the loop through hooks. Everything
+else is a part of its own: the guard's policy (:mod:`~robustfast.training.rollback`), the progress bar, the epoch
+line and the history files (:mod:`~robustfast.training.loggers`), checkpoints
+(:class:`~robustfast.training.checkpoint.Checkpointer`), averaging, schedules and DDP.
 """
 
 from __future__ import annotations
@@ -18,31 +20,35 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.hooks import RemovableHandle
 
 from ..attacks import PGD, PGDL2
 from ..attacks.base import Attack
-from ..component import Component
+from ..component import Component, check_saveable
 from ..context import StepContext
 from ..errors import RobustfastError
 from ..losses import CrossEntropy, TrainingLoss, as_training_loss
-from ..modes import ModePolicy, model_mode, resolve_policy
-from ..regularizers.attention import math_attention
+from ..modes import ModePolicy, math_attention, model_mode, resolve_policy
 from ..regularizers.base import Regularizer
 from .averaging import EMA, SWA
 from .callbacks import HookSet, check_callbacks
-from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import Checkpointer, capture_rng, load_checkpoint, restore_rng
 from .co_guard import COGuard
-from .distributed import all_reduce_sum, is_distributed, rank, wrap_ddp
+from .distributed import all_reduce_sum, gather, is_distributed, rank, sync_buffers, world_size, wrap_ddp
 from .history import History
+from .loggers import EpochLogger, HistoryWriter, ProgressBar
+from .rollback import GuardPolicy
 from .schedules import Cyclic, LinearWarmup, Schedule, build_scheduler
 from .step import StepOutput, craft, needs_double_backward, step_losses, step_requests
 
 __all__ = ["AdversarialTrainer"]
 
 ScheduleFn = Callable[[float, float], float]
-FORMAT = 2
+FORMAT = 3
+#: The parts of a trainer state that differ between DDP ranks (each rank saves and restores its own).
+PER_RANK = ("components", "rng")
 
 
 class AdversarialTrainer:
@@ -139,7 +145,7 @@ class AdversarialTrainer:
         seed: int | None = None,
         device: torch.device | str | None = None,
     ) -> None:
-        from .config import check_trainer_args
+        from .arguments import check_trainer_args
 
         check_trainer_args(locals())
         self.model = model
@@ -165,6 +171,7 @@ class AdversarialTrainer:
         self.grad_clip, self.amp, self.channels_last, self.compile = grad_clip, amp, channels_last, compile
         self.averagers = [averaging] if isinstance(averaging, (EMA, SWA)) else list(averaging)
         self.co_guard = co_guard
+        self.guard_policy = GuardPolicy(co_guard) if co_guard is not None else None
         if val_attack == "pgd":
             eps = attack.eps if attack is not None else 8 / 255
             cls = PGDL2 if getattr(attack, "norm", "Linf") == "L2" else PGD
@@ -179,8 +186,12 @@ class AdversarialTrainer:
         self.epoch = 0
         self.should_stop = False
         self.train_loader: Any = None
-        self._good: dict[str, Any] | None = None
+        self.batches_per_epoch = 0
+        #: This epoch's running sums (``loss``, ``correct``, ``count``, ``acc_count``), read by the progress bar.
+        self.running: dict[str, float] = {}
         self._train_model: nn.Module | None = None
+        for c in self.components:  # a state a checkpoint cannot hold fails here, not at resume
+            check_saveable(c)
         parts = [self.criterion, *self.regularizers]
         self._requests = step_requests(parts)
         self._double = needs_double_backward(parts)
@@ -191,6 +202,21 @@ class AdversarialTrainer:
             self.hooks.add(a)
         for cb in check_callbacks(callbacks):
             self.hooks.add(cb, strict=True)
+        for builtin in self._builtin_callbacks():
+            self.hooks.add(builtin)
+
+    def _builtin_callbacks(self) -> list[object]:
+        """The displays and files the arguments ask for (registered after the user's callbacks)."""
+        out: list[object] = []
+        if self.progress:
+            out.append(ProgressBar())
+        if self.verbose:
+            out.append(EpochLogger())
+        if self.log_dir is not None:
+            out.append(HistoryWriter(self.log_dir))
+        if self.checkpoint_dir is not None:
+            out.append(Checkpointer(self.checkpoint_dir))
+        return out
 
     # ------------------------------------------------------------------ properties
     @property
@@ -201,7 +227,7 @@ class AdversarialTrainer:
     @property
     def replays(self) -> int:
         """Optimizer steps per minibatch (the attack's ``replays``, e.g. Free-AT's m; 1 for every other attack)."""
-        return int(getattr(self.attack, "replays", 1) or 1)
+        return self.attack.replays if self.attack is not None else 1
 
     @property
     def is_main_process(self) -> bool:
@@ -225,7 +251,9 @@ class AdversarialTrainer:
         Args:
             train_loader: yields ``(x, y)`` or ``(x, y, index)`` batches (``x`` in ``[0, 1]``; ``index``: dataset
                 indices, see :class:`robustfast.data.IndexedDataset`); must have ``len()``.
-            epochs: total number of epochs (with a replaying attack such as Free-AT, passes over the data).
+            epochs: total number of epochs (with a replaying attack such as Free-AT, passes over the data). A
+                second ``fit`` on the same trainer continues up to this total (``fit(loader, 4)`` after
+                ``fit(loader, 2)`` trains 2 more epochs).
             val_loader: evaluated after every epoch (clean and ``val_attack`` accuracy).
             resume: ``True``: continue from ``checkpoint_dir/last.pt`` when it exists; a path: from that file.
         """
@@ -237,59 +265,68 @@ class AdversarialTrainer:
             raise RobustfastError("fit(train_loader): the loader must have len() (per-iteration schedules)") from e
         if n_batches == 0:
             raise RobustfastError("fit(train_loader): the loader is empty")
-        self.train_loader, self.should_stop = train_loader, False
+        if not resume and self.epoch >= epochs:
+            raise RobustfastError(
+                f"fit(epochs={epochs}): this trainer has already trained {self.epoch} epoch(s), and epochs counts the "
+                f"total (as resume does); call fit(loader, {self.epoch + epochs}) to train {epochs} more, or build a "
+                "new trainer (and model) to train again from the start"
+            )
+        self._check_last_batch(train_loader)
+        self.train_loader, self.should_stop, self.batches_per_epoch = train_loader, False, n_batches
         if not isinstance(self.lr_schedule, LRScheduler):
             self.scheduler = build_scheduler(self.lr_schedule, self.optimizer, n_batches * self.replays, epochs)
         if resume:
             self._resume(resume)
-        elif self.seed is not None:
+        elif self.seed is not None and self.epoch == 0:
             torch.manual_seed(self.seed)
         self._train_model = self._build_train_model()
         self.hooks.call("on_fit_start", trainer=self, epochs=epochs)
         with self._attack_mode():
             while self.epoch < epochs and not self.should_stop:
-                if self.co_guard is not None and self._good is None:
-                    self._good = self._snapshot(self.epoch)
+                if self.guard_policy is not None:
+                    self.guard_policy.start_epoch(self)
                 self.hooks.call("on_epoch_start", trainer=self, epoch=self.epoch)
-                record, co_mid = self._train_epoch(train_loader, n_batches, epochs)
-                if self._end_epoch(record, co_mid, val_loader, epochs):
+                record, aborted = self._train_epoch(train_loader, n_batches, epochs)
+                if self._end_epoch(record, aborted, val_loader, epochs):
                     continue  # rolled back: redo from the restored epoch
                 self.epoch += 1
+            if self.guard_policy is not None:
+                self.guard_policy.end_fit(self)
         self.hooks.call("on_fit_end", trainer=self, history=self.history)
         return self.history
 
     def _train_epoch(self, loader: Iterable[Any], n: int, epochs: int) -> tuple[dict[str, Any], bool]:
+        """One pass over ``loader``; returns the epoch's record and whether a mid-epoch check ended it early."""
         epoch = self.epoch
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         self.model.train()
-        stats, pens, t0, co_mid = [0.0, 0.0, 0.0, 0.0], {}, time.perf_counter(), False
-        bar = self._bar(loader, n, epoch, epochs)
-        g, m = self.co_guard, self.replays
-        for i, batch in enumerate(bar):
+        s = self.running = {"loss": 0.0, "correct": 0.0, "count": 0.0, "acc_count": 0.0}
+        pens: dict[str, float] = {}
+        t0, aborted = time.perf_counter(), False
+        policy, m = self.guard_policy, self.replays
+        every = self.co_guard.every_steps if self.co_guard is not None and self.co_guard.on_co != "flag" else None
+        for i, batch in enumerate(loader):
             x, y, index = self._unpack(batch)
             for r in range(m):
                 out = self._train_step(x, y, index, epoch + (i + (r + 1) / m) / n, epochs)
-                stats[0] += out.loss.item() * len(y)
+                s["loss"] += out.loss.item() * len(y)
                 if out.logits is not None:
-                    stats[1] += (out.logits.argmax(1) == y).sum().item()
-                    stats[3] += len(y)
-                stats[2] += len(y)
+                    s["correct"] += (out.logits.argmax(1) == y).sum().item()
+                    s["acc_count"] += len(y)
+                s["count"] += len(y)
                 for k, v in out.penalties.items():
                     pens[k] = pens.get(k, 0.0) + v.item() * len(y)
                 self.hooks.call("on_batch_end", trainer=self, epoch=epoch, step=self.step, out=out,
                                 loss=out.loss.item(), lr=self.lr)  # fmt: skip
-            if hasattr(bar, "set_postfix") and (i % 10 == 0 or i == n - 1):
-                dt = time.perf_counter() - t0
-                acc = stats[1] / stats[3] if stats[3] else float("nan")
-                bar.set_postfix(loss=stats[0] / stats[2], acc=acc, ips=stats[2] / max(dt, 1e-9))
-            if g is not None and g.every_steps and i + 1 < n and (i + 1) % g.every_steps == 0 and g.on_co != "flag":
-                if not self._warming_up(epoch + (i + 1) / n, epochs) and self._co_check(record=None):
-                    co_mid = True
+            if policy is not None and every and i + 1 < n and (i + 1) % every == 0:
+                if policy.mid_epoch(self, epoch + (i + 1) / n, epochs):
+                    aborted = True
                     break
         seconds = time.perf_counter() - t0
-        loss_sum, correct, count, acc_count, *pen_sums = all_reduce_sum([*stats, *pens.values()], self.device)
+        sums = all_reduce_sum([s["loss"], s["correct"], s["count"], s["acc_count"], *pens.values()], self.device)
+        loss_sum, correct, count, acc_count, *pen_sums = sums
         record: dict[str, Any] = {"epoch": epoch + 1, "step": self.step, "lr": self.lr}
         if self.eps_warmup is not None:
             record["eps_factor"] = self.eps_warmup(epoch + 1, epochs)
@@ -300,9 +337,8 @@ class AdversarialTrainer:
             record["max_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         record.update({f"train_{k}": v / count for k, v in zip(pens, pen_sums)})
         for c in self.components:  # what each part logs (e.g. ELLE-A's adaptive λ), as it is now
-            name = getattr(c, "name", type(c).__name__.lower())
-            record.update({f"{k}_{name}": float(v) for k, v in c.log_values().items()})
-        return record, co_mid
+            record.update({f"{k}_{c.name}": float(v) for k, v in c.log_values().items()})
+        return record, aborted
 
     def _train_step(self, x: Tensor, y: Tensor, index: Tensor | None, t: float, epochs: int) -> StepOutput:
         """One optimizer step: craft → training loss → penalties → backward → optimizer step, with the hooks."""
@@ -324,12 +360,23 @@ class AdversarialTrainer:
             self.hooks.call("on_after_attack", trainer=self, ctx=ctx)
             with self.hooks.around_update(trainer=self, ctx=ctx):
                 with self._autocast():
-                    out = step_losses(ctx, self.criterion, self.regularizers)
+                    out = self._losses(ctx)
                 self.hooks.call("on_before_backward", trainer=self, out=out, loss=out.loss)
                 self._backward(out.loss, ctx)
                 self.hooks.call("on_after_backward", trainer=self, out=out)
                 self._optimizer_step()
         return out
+
+    def _losses(self, ctx: StepContext) -> StepOutput:
+        try:
+            return step_losses(ctx, self.criterion, self.regularizers)
+        except ValueError as e:
+            if "Expected more than 1 value per channel" not in str(e):
+                raise
+            raise RobustfastError(
+                f"a training batch of {len(ctx.y)} example(s) reached BatchNorm in train mode, which needs at least 2 "
+                "per channel; build the loader with drop_last=True (or a batch size that divides the dataset)"
+            ) from None
 
     def _backward(self, loss: Tensor, ctx: StepContext) -> None:
         if not torch.isfinite(loss):
@@ -352,89 +399,23 @@ class AdversarialTrainer:
         self.step += 1
         self.hooks.call("on_after_optimizer_step", trainer=self, optimizer=self.optimizer, step=self.step)
 
-    def _end_epoch(self, record: dict[str, Any], co_mid: bool, val_loader: Iterable[Any] | None, epochs: int) -> bool:
-        """Validate, check CO, log, checkpoint; returns True when training was rolled back."""
+    def _end_epoch(self, record: dict[str, Any], aborted: bool, val_loader: Iterable[Any] | None, epochs: int) -> bool:
+        """Validate, let the guard's policy judge, then the epoch-end hooks; True when training was rolled back."""
+        sync_buffers(self.model)  # one model on every rank before anything is measured or saved
         if val_loader is not None:
             record.update(self.evaluate(val_loader, prefix="val_"))
             for avg in self.averagers:
                 if avg.model is not None:
                     record.update(self.evaluate(val_loader, prefix=f"{avg.name}_val_", model=avg.model))
-        if self.co_guard is not None:
-            if self._warming_up(self.epoch + 1, epochs):  # the guard probes at the full ε: it waits for the ramp
-                record["co_skipped"] = "eps warm-up"
-            elif self._co_check(record, already=co_mid):
-                return True
+        if self.guard_policy is not None and self.guard_policy.end_epoch(self, record, aborted, epochs):
+            return True
         self.history.append(record)
         self.hooks.call("on_epoch_end", trainer=self, epoch=self.epoch, record=record)
-        self._say(self._summary(record, epochs))
-        if self.is_main_process:
-            if self.log_dir is not None:
-                self.log_dir.mkdir(parents=True, exist_ok=True)
-                self.history.to_json(self.log_dir / "history.json")
-                self.history.to_csv(self.log_dir / "history.csv")
-            if self.checkpoint_dir is not None:
-                save_checkpoint(self.state_dict(self.epoch + 1), self.checkpoint_dir / "last.pt")
         return False
 
-    # ------------------------------------------------------------------ CO guard
-    def _warming_up(self, t: float, epochs: int) -> bool:
+    def warming_up(self, t: float, epochs: int) -> bool:
         """Whether the ε warm-up is still below the full ε at (fractional) epoch ``t``."""
         return self.eps_warmup is not None and self.eps_warmup(t, epochs) < 1.0
-
-    def _co_check(self, record: dict[str, Any] | None, already: bool = False) -> bool:
-        """Run the guard on the raw model; on CO apply its policy. Returns True when the run was rolled back."""
-        g = self.co_guard
-        assert g is not None
-        eps = self.attack.eps if self.attack is not None else 8 / 255
-        res = g.check(self.model, eps, self.device, update=record is not None)
-        co = res.co or already
-        if record is None:  # mid-epoch check: only report whether to abort the epoch
-            if co:
-                self._say(f"catastrophic overfitting detected mid-epoch {self.epoch + 1} at step {self.step} "
-                          f"({res.reason}); ending the epoch early")  # fmt: skip
-            return co
-        record.update(co_fgsm_acc=res.fgsm_acc, co_pgd_acc=res.pgd_acc, co=co)
-        if not co:
-            if res.improved or self._good is None:
-                self._good = self._snapshot(self.epoch + 1)
-                g.best_epoch = self.epoch + 1
-            return False
-        record["co_reason"] = res.reason or "flagged mid-epoch"
-        spare = g.n_rollbacks < g.max_rollbacks
-        # roll back while rollbacks remain; once they are used up, still end on the best state (a checked epoch end)
-        # rather than on a collapsed model
-        if g.on_co == "rollback" and self._good is not None and (spare or g.best_epoch is not None):
-            levels = [c.strength for c in self.components]  # strengthening accumulates over rollbacks
-            self.load_state_dict(self._good, load_history=False, load_guard=False)
-            change = None
-            if spare:
-                for c, level in zip(self.components, levels):
-                    while c.strength < level and c.strengthen() is not None:
-                        pass
-                change = g.strengthen_components(self.components)
-                g.n_rollbacks += 1
-            record.update(rolled_back_to=self.epoch, strengthened=change)
-            self.history.append(record)
-            self.hooks.call("on_rollback", trainer=self, epoch=self.epoch, record=record)
-            if not spare:
-                what = f"max_rollbacks={g.max_rollbacks} used up: stopping on the best state"
-            else:
-                what = f"strengthened: {change}" if change else "nothing to strengthen; stopping"
-            self._say(f"catastrophic overfitting at epoch {record['epoch']} ({record['co_reason']}): rolled back to "
-                      f"epoch {self.epoch}, {what}")  # fmt: skip
-            if change is None:  # nothing (more) to strengthen: end with the restored best state
-                self.should_stop = True
-            else:
-                self._good = self._snapshot(self.epoch)
-            return True
-        self._say(f"catastrophic overfitting at epoch {record['epoch']} ({record['co_reason']})"
-                  + ("; stopping" if g.on_co == "stop" else ""))  # fmt: skip
-        if g.on_co == "stop":
-            self.should_stop = True
-        return False
-
-    def _snapshot(self, next_epoch: int) -> dict[str, Any]:
-        return copy.deepcopy(self.state_dict(next_epoch))
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -469,15 +450,22 @@ class AdversarialTrainer:
             slots["val_attack"] = self.val_attack
         return slots
 
-    def state_dict(self, next_epoch: int | None = None) -> dict[str, Any]:
+    def state_dict(self, next_epoch: int | None = None, *, all_ranks: bool = False) -> dict[str, Any]:
         """Everything needed to resume exactly (tensors and plain values only): model, optimizer, scheduler,
-        scaler, averagers, guard, every component's own state, history, global and loader RNGs."""
+        scaler, averagers, guard, every component's own state, history, global and loader RNGs.
+
+        Under DDP the method parts' states and the random generators differ between ranks: ``all_ranks=True`` (a
+        collective call, what checkpoints use) gathers every rank's under ``"ranks"``, and
+        :meth:`load_state_dict` gives each rank its own back.
+        """
         comps = {k: None if c is None else {"class": type(c).__name__, "state": c.state_dict()}
                  for k, c in self._component_slots().items()}  # fmt: skip
-        return {
+        state = {
             "format": FORMAT,
             "epoch": self.epoch if next_epoch is None else next_epoch,
             "step": self.step,
+            "world_size": world_size(),
+            "batches_per_epoch": self.batches_per_epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
@@ -488,14 +476,29 @@ class AdversarialTrainer:
             "history": self.history.state_dict(),
             "rng": capture_rng([self.train_loader]),
         }
+        return self.gather_ranks(state) if all_ranks else state
+
+    def gather_ranks(self, state: dict[str, Any]) -> dict[str, Any]:
+        """``state`` with every rank's own parts under ``"ranks"`` (a collective call under DDP; unchanged without)."""
+        if not is_distributed():
+            return state
+        return {**state, "ranks": gather({k: state[k] for k in PER_RANK})}
+
+    def snapshot(self, next_epoch: int) -> dict[str, Any]:
+        """A deep copy of this rank's :meth:`state_dict` (what the CO guard's policy keeps as the best state)."""
+        return copy.deepcopy(self.state_dict(next_epoch))
 
     def load_state_dict(self, state: dict[str, Any], *, load_history: bool = True, load_guard: bool = True) -> None:
         """Restore :meth:`state_dict`; a checkpoint of another set-up is refused with the difference named."""
         self._check_state(state)
+        if "ranks" in state:
+            state = {**state, **state["ranks"][rank()]}
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError:
-            why = _weights_mismatch(self.model, state["model"])
+            from ..models.factory import weights_mismatch
+
+            why = weights_mismatch(self.model, state["model"])
             raise RobustfastError(f"the checkpoint's weights do not fit this model ({why}); resume with the model "
                                   "the run was trained with") from None  # fmt: skip
         self.optimizer.load_state_dict(state["optimizer"])
@@ -527,6 +530,20 @@ class AdversarialTrainer:
         if state.get("format") != FORMAT:
             raise RobustfastError(f"checkpoint format {state.get('format')!r} is not {FORMAT}; it was written by "
                                   "another robustfast version: start a new run")  # fmt: skip
+        saved_world, world = int(state.get("world_size", 1)), world_size()
+        if saved_world != world:
+            raise RobustfastError(
+                f"the checkpoint was written by a run of {saved_world} process(es) and this run has {world}: each "
+                "process's random streams and the per-iteration learning-rate schedule depend on it. Resume with "
+                f"{saved_world} process(es) (torchrun --nproc_per_node={saved_world} ...), or start a new run"
+            )
+        saved_n = int(state.get("batches_per_epoch", 0))
+        if saved_n and self.batches_per_epoch and saved_n != self.batches_per_epoch:
+            raise RobustfastError(
+                f"the checkpoint's run had {saved_n} training batches per epoch and this loader has "
+                f"{self.batches_per_epoch} (another batch size, dataset or number of processes): the per-iteration "
+                "learning-rate schedule would be misaligned. Resume with the loader the run was trained with"
+            )
         mine = {k: None if c is None else type(c).__name__ for k, c in self._component_slots().items()}
         saved = {k: None if v is None else v["class"] for k, v in state["components"].items()}
         if mine != saved:
@@ -554,26 +571,39 @@ class AdversarialTrainer:
         else:
             path = Path(resume)
         self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        best = path.with_name("best.pt")
+        if self.guard_policy is not None and best.is_file():  # the state a rollback returns to
+            state = load_checkpoint(best, map_location=self.device)
+            self._check_state(state)
+            if "ranks" in state:
+                state = {**state, **state.pop("ranks")[rank()]}
+            self.guard_policy.best_state, self.guard_policy.best_changed = state, False
+
+    def _check_last_batch(self, loader: Any) -> None:
+        """A last training batch of one example fails inside BatchNorm (train mode): say so before training."""
+        has_bn = any(isinstance(m, _BatchNorm) and m.training for m in self.model.modules())
+        bs, sampler = getattr(loader, "batch_size", None), getattr(loader, "sampler", None)
+        if not has_bn or not isinstance(bs, int) or getattr(loader, "drop_last", True) or sampler is None:
+            return
+        try:
+            n = len(sampler)
+        except TypeError:
+            return
+        if n % bs == 1:
+            raise RobustfastError(
+                f"fit(train_loader): {n} training examples in batches of {bs} leave a last batch of one example, "
+                "which BatchNorm cannot normalize in train mode; build the loader with drop_last=True (or choose "
+                "another batch size)"
+            )
 
     # ------------------------------------------------------------------ helpers
-    def _say(self, line: str) -> None:
+    def say(self, line: str) -> None:
+        """Print ``line`` above the progress bar (rank 0, when ``verbose``): epoch lines and guard events."""
         if not (self.verbose and self.is_main_process):
             return
         from tqdm.auto import tqdm
 
         tqdm.write(line)
-
-    @staticmethod
-    def _summary(record: dict[str, Any], epochs: int) -> str:
-        parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['train_loss']:.4f}"]
-        for key, label in (("train_acc", "train acc"), ("val_acc", "val acc"), ("val_robust_acc", "val robust acc")):
-            if key in record:
-                parts.append(f"{label} {100 * record[key]:.1f}%")
-        if "co_pgd_acc" in record:
-            parts.append(f"guard FGSM/PGD {100 * record['co_fgsm_acc']:.1f}/{100 * record['co_pgd_acc']:.1f}%")
-        parts.append(f"lr {record['lr']:.3g}")
-        parts.append(f"{record['time']:.1f} s ({record['ips']:.0f} img/s)")
-        return "  ".join(parts)
 
     def _compile_config(self) -> Any:
         """Under ``compile=True``: compile graphs without donated buffers, which forbid ``retain_graph``.
@@ -616,13 +646,6 @@ class AdversarialTrainer:
         index = batch[2] if len(batch) > 2 and isinstance(batch[2], Tensor) and batch[2].dim() == 1 else None
         return x, y, None if index is None else index.to(self.device, non_blocking=True)
 
-    def _bar(self, loader: Iterable[Any], n: int, epoch: int, epochs: int) -> Iterable[Any]:
-        if not (self.progress and self.is_main_process):
-            return loader
-        from tqdm.auto import tqdm
-
-        return tqdm(loader, total=n, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
-
     def __repr__(self) -> str:
         regs = ", ".join(map(repr, self.regularizers))
         plugins = f", plugins={self.plugins!r}" if self.plugins else ""
@@ -642,20 +665,3 @@ class _AttackPolicy:
 
     def __exit__(self, *exc: object) -> None:
         self.attack.bn_mode, self.attack.policy = self.saved
-
-
-def _weights_mismatch(model: nn.Module, saved: dict[str, Any]) -> str:
-    """What differs between a model's parameters and a saved state_dict, in a few words."""
-    mine = model.state_dict()
-    missing = [k for k in mine if k not in saved]
-    extra = [k for k in saved if k not in mine]
-    shapes = [f"{k}: {tuple(saved[k].shape)} saved vs {tuple(v.shape)} here" for k, v in mine.items()
-              if k in saved and hasattr(saved[k], "shape") and saved[k].shape != v.shape]  # fmt: skip
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} tensor(s) of this model are not in the checkpoint, e.g. {missing[0]!r}")
-    if extra:
-        parts.append(f"{len(extra)} saved tensor(s) are not in this model, e.g. {extra[0]!r}")
-    if shapes:
-        parts.append(f"{len(shapes)} shape(s) differ, e.g. {shapes[0]}")
-    return "; ".join(parts) or "the tensors do not load"

@@ -1,4 +1,5 @@
-"""Up-front validation of :class:`~robustfast.training.AdversarialTrainer` arguments (nothing fails in epoch 1)."""
+"""Argument validation of :class:`~robustfast.training.AdversarialTrainer`: every argument is checked once, up front,
+so nothing fails in epoch 1; the wording comes from :mod:`robustfast._checks`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""Private, seedable random-number generators for attacks and regularizers (one per device)."""
+"""Seedable, checkpointable random-number generators for method parts (one ``torch.Generator`` per device).
+
+A method part that draws random numbers keeps a :class:`SeededRNG` in its ``state_attrs``: checkpoints then store
+its generators' states and a resumed run draws exactly the numbers the uninterrupted one would (a plain
+``torch.Generator`` cannot be stored in a ``weights_only`` checkpoint).
+"""
 
 from __future__ import annotations
 
