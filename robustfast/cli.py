@@ -9,18 +9,28 @@ Examples::
     robustfast eval --checkpoint runs/demo/model.pt    # reads runs/demo/config.yaml; writes runs/demo/eval/
     robustfast presets
     robustfast list attacks
+    robustfast list attacks --import my_method.py     # a method of your own (or ROBUSTFAST_IMPORT=my_method.py)
 
 A run folder is never damaged: ``train`` refuses an existing run unless ``--resume`` (same settings, checked
 against the run's ``config.yaml`` and checkpoint before anything is written) or ``--overwrite``; ``eval`` writes
 its report under ``eval/``, never over the training report, and refuses to replace an earlier one unless
 ``--overwrite``.
+
+A method of your own is one file that registers its parts (``@register_attack``...). Every command imports, before
+anything else, the files and modules given with ``--import`` (repeatable), those in ``ROBUSTFAST_IMPORT`` (separated
+by ``:`` or ``,``) and installed packages' ``robustfast.methods`` entry points; ``train`` records them in the run's
+``config.yaml``, so ``--resume`` and ``eval`` import them again.
+
+Errors are one line, ``robustfast: error: ...``, exit status 2; Ctrl-C says how to resume (exit status 130).
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import inspect
+import os
 import re
 import shutil
 import sys
@@ -33,6 +43,7 @@ import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from ._discover import IMPORT_ENV, import_entry_points, import_user_methods, split_imports
 from ._io import save_torch_file, write_text
 from .config import RESUMABLE_KEYS, RunConfig, format_value, list_presets, load_preset, load_yaml, resume_conflicts
 from .errors import RobustfastError
@@ -84,9 +95,19 @@ def _reg_spec(text: str) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (flags override ``--config`` which overrides ``--preset``)."""
-    p = argparse.ArgumentParser(prog="robustfast", description="Fast, reliable adversarial training.")
+
+    def importer(dest: str) -> argparse.ArgumentParser:
+        parent = argparse.ArgumentParser(add_help=False)
+        parent.add_argument("--import", dest=dest, action="append", default=[], metavar="FILE_OR_MODULE",
+                            help=f"import a method file (path/to/file.py) or module first, so its registered parts "
+                                 f"can be named (repeatable; also ${IMPORT_ENV})")  # fmt: skip
+        return parent
+
+    imp = importer("imports")  # on each command; the top-level flag has its own dest (a subcommand's default would
+    p = argparse.ArgumentParser(prog="robustfast", description="Fast, reliable adversarial training.",
+                                parents=[importer("imports_before")])  # override it)  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train (then evaluate) a model; defaults run offline in a few minutes")
+    t = sub.add_parser("train", parents=[imp], help="train (then evaluate) a model; defaults run offline in minutes")
     t.add_argument("--preset", help=f"a paper recipe: {', '.join(list_presets())}")
     t.add_argument("--config", help="a YAML file with RunConfig keys")
     t.add_argument("--dataset", help="digits, fashion_mnist, cifar10, cifar100, svhn, imagenet")
@@ -120,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace the run in OUTPUT")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    e = sub.add_parser("eval", help="evaluate saved weights (clean, PGD-50-10, AutoAttack...)")
+    e = sub.add_parser("eval", parents=[imp], help="evaluate saved weights (clean, PGD-50-10, AutoAttack...)")
     e.add_argument("--checkpoint", required=True, help="weights saved by `robustfast train` (model.pt)")
     e.add_argument("--preset")
     e.add_argument("--config", help="a RunConfig YAML (default: the run's config.yaml next to the checkpoint)")
@@ -137,8 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device")
     e.add_argument("--quiet", action="store_true")
 
-    sub.add_parser("presets", help="list the bundled paper presets (data, model, eps, attack, regularizers)")
-    ls = sub.add_parser("list", help="list the registered attacks, regularizers and models")
+    sub.add_parser("presets", parents=[imp], help="list the bundled paper presets (data, model, eps, attack, ...)")
+    ls = sub.add_parser(
+        "list", parents=[imp], help="list the registered attacks, regularizers, losses, plugins, models"
+    )
     ls.add_argument("what", nargs="?", choices=LISTS, help="one list (default: all)")
     return p
 
@@ -447,16 +470,39 @@ def _check_names(cfg: RunConfig) -> None:
     from .models import MODELS
     from .regularizers import REGULARIZERS
 
-    if str(cfg.attack["name"]).lower() != "none":
-        ATTACKS.get(str(cfg.attack["name"]))
-    for r in cfg.regularizers:
-        REGULARIZERS.get(str(r["name"]))
-    if cfg.loss is not None:
-        LOSSES.get(str(cfg.loss["name"]))
-    for r in cfg.plugins:
-        PLUGINS.get(str(r["name"]))
-    if not cfg.model.startswith("timm:"):
-        MODELS.get(cfg.model)
+    try:
+        if str(cfg.attack["name"]).lower() != "none":
+            ATTACKS.get(str(cfg.attack["name"]))
+        for r in cfg.regularizers:
+            REGULARIZERS.get(str(r["name"]))
+        if cfg.loss is not None:
+            LOSSES.get(str(cfg.loss["name"]))
+        for r in cfg.plugins:
+            PLUGINS.get(str(r["name"]))
+        if not cfg.model.startswith("timm:"):
+            MODELS.get(cfg.model)
+    except RobustfastError as e:
+        raise RobustfastError(f"{e} A method of your own? Name its file with --import path/to/file.py (or set "
+                              f"{IMPORT_ENV}).") from None  # fmt: skip
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before training when ``out`` (or, when it does not exist yet, its nearest existing parent folder) cannot be
+    written: a read-only file system, no permission, a file in the way. Leaves nothing behind."""
+    folder = out.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    probe = folder / f".robustfast-write-test-{os.getpid()}"
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "a file stands where the folder would be", str(folder))
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise RobustfastError(
+            f"cannot write to the output folder {str(out)!r}: {e.strerror or e}; choose another --output (nothing "
+            "was trained)"
+        ) from None
 
 
 def _is_run(out: Path) -> list[str]:
@@ -570,6 +616,7 @@ def cmd_train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
             "it, or choose another --output"
         )
     device = _check_device(cfg.device)
+    _check_writable(out)  # nothing is created: a read-only or full disk fails here, before the data is loaded
     torch.manual_seed(cfg.seed)
     data = build_data(cfg)
     assert data.train is not None and data.val is not None
@@ -646,6 +693,7 @@ def cmd_eval(args: argparse.Namespace) -> Any:
     if run_config is not None:
         args.config = str(run_config)
     cfg = config_from_args(args)
+    import_user_methods(cfg.imports)  # the run's own method files (its model may be one of them)
     eps = format_value("eps", cfg.eps)
     if run_config is not None:
         _note(f"settings from {run_config} (dataset={cfg.dataset}, model={cfg.model}, eps={eps}); --config overrides")
@@ -734,22 +782,59 @@ def cmd_list(what: str | None = None) -> None:
         print(_table([["  " + n, _summary(reg.get(n))] for n in reg.list()]))
 
 
+def import_methods(specs: list[str]) -> list[str]:
+    """Import installed packages' ``robustfast.methods`` entry points, then ``$ROBUSTFAST_IMPORT`` and ``specs``
+    (``--import``); returns the user's imports as a run records them (files as absolute paths, modules as named)."""
+    import_entry_points()
+    wanted = [*split_imports(os.environ.get(IMPORT_ENV)), *specs]
+    import_user_methods(wanted)
+    recorded = [str(Path(s).expanduser().resolve()) if s.endswith(".py") else s for s in wanted]
+    return list(dict.fromkeys(recorded))
+
+
+def _resume_hint(cfg: RunConfig | None) -> str:
+    if cfg is None:
+        return ""
+    last = Path(cfg.output) / "checkpoints" / "last.pt"
+    if not last.is_file():
+        return " (no checkpoint was saved yet: nothing to resume)"
+    return f"; the last finished epoch is saved: continue with `robustfast train --output {cfg.output} --resume`"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``robustfast`` console script; errors print ``robustfast: error: ...`` and return 2."""
+    """Entry point of the ``robustfast`` console script.
+
+    Errors print one line, ``robustfast: error: ...``, and return 2 (also for the operating system's: a read-only
+    output folder, a full disk); Ctrl-C prints how to resume and returns 130.
+    """
     args = build_parser().parse_args(argv)
+    cfg: RunConfig | None = None
     try:
+        imported = import_methods([*args.imports_before, *args.imports])
         if args.command == "presets":
             cmd_presets()
         elif args.command == "list":
             cmd_list(args.what)
         elif args.command == "train":
             cfg = resolve_train_config(args)
+            cfg.imports = list(dict.fromkeys([*cfg.imports, *imported]))
+            import_user_methods(cfg.imports)  # those a resumed run's config.yaml names
             cmd_train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
         else:
             cmd_eval(args)
     except RobustfastError as e:
-        print(f"robustfast: error: {e}", file=sys.stderr)
+        hint = _resume_hint(cfg) if cfg is not None and str(e).startswith("could not write") else ""
+        print(f"robustfast: error: {e}{hint}", file=sys.stderr)
         return 2
+    except OSError as e:  # the operating system's (a read-only folder, a full disk...) without a traceback
+        where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
+        full = " (the disk is full)" if e.errno == errno.ENOSPC else ""
+        print(f"robustfast: error: cannot write{where}: {e.strerror or e}{full}; choose a folder you can write to, "
+              f"or free some space{_resume_hint(cfg)}", file=sys.stderr)  # fmt: skip
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nrobustfast: interrupted{_resume_hint(cfg)}", file=sys.stderr)
+        return 130
     return 0
 
 

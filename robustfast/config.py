@@ -32,7 +32,8 @@ __all__ = [
 DATASETS = ("digits", "fashion_mnist", "cifar10", "cifar100", "svhn", "imagenet")
 _DATASET_ALIASES = {d.replace("_", ""): d for d in DATASETS} | {"fmnist": "fashion_mnist"}
 #: Keys a resumed run may change (``train --resume``); every other key must match the run's ``config.yaml``.
-RESUMABLE_KEYS = ("epochs", "device", "workers", "data_dir", "download", "output", "eval", "compile", "channels_last")
+RESUMABLE_KEYS = ("epochs", "device", "workers", "data_dir", "download", "output", "eval", "compile", "channels_last",
+                  "imports")  # fmt: skip
 _PIXEL_KEYS = ("eps", "alpha", "noise", "clip", "step_size", "pgd_alpha")
 
 
@@ -104,6 +105,9 @@ class RunConfig:
         val_examples: points held out from the training split (never the test set) for the per-epoch validation and
             the CO guard; ``None`` (default): 10% of the training split, at most 512.
         output: output directory (report, history, curves, checkpoints).
+        imports: the user's method files (``path/to/file.py``, stored as absolute paths) or modules imported before
+            anything is built, so their registered attacks, regularizers, losses, plugins and models can be named
+            (``--import``; a run's ``config.yaml`` keeps them for ``--resume`` and ``eval``).
     """
 
     dataset: str = "digits"
@@ -143,6 +147,7 @@ class RunConfig:
     download: bool = True
     val_examples: int | None = None
     co_action: str = "flag"
+    imports: list[str] = field(default_factory=list)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     @classmethod
@@ -227,6 +232,10 @@ class RunConfig:
             raise RobustfastError(f"amp={self.amp!r}: choose bf16, fp16 or leave unset")
         if self.eval.pgd_alpha is not None:
             self.eval.pgd_alpha = parse_number(self.eval.pgd_alpha, "eval.pgd_alpha")
+        if isinstance(self.imports, str):
+            self.imports = [self.imports]
+        if not isinstance(self.imports, list) or not all(isinstance(i, str) for i in self.imports):
+            raise RobustfastError(f"imports={self.imports!r}: expected a list of file paths or module names")
 
     @property
     def norm(self) -> str:

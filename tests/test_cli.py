@@ -135,3 +135,66 @@ def test_bad_names_come_before_the_output_folder_check(capsys, tmp_path) -> None
                         (["--plugin", "awq"], "'awp'")):  # fmt: skip
         assert main(["train", *flags, "--output", str(tmp_path / "run")]) == 2
         assert f"Did you mean {hint}" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- a method of the user's own
+MINE = '''
+from robustfast.attacks import FGSM, register_attack
+
+
+@register_attack("half_fgsm")
+class HalfFGSM(FGSM):
+    """FGSM with half the step (a method of the user's own)."""
+
+    def __init__(self, model, eps=8 / 255, **kw):
+        super().__init__(model, eps, alpha=eps / 2, **kw)
+'''
+
+
+def _cli(*argv: str, env: dict | None = None, cwd=None):
+    import os
+    import subprocess
+    import sys
+
+    full = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "robustfast.cli", *argv], capture_output=True, text=True, env=full,
+                          cwd=cwd, timeout=300)  # fmt: skip
+
+
+def test_user_method_files_are_visible_to_the_cli(tmp_path) -> None:
+    mine = tmp_path / "mine.py"
+    mine.write_text(MINE)
+    assert "half_fgsm  FGSM with half the step" in _cli("list", "attacks", "--import", str(mine)).stdout
+    assert "half_fgsm" in _cli("--import", str(mine), "list", "attacks").stdout  # before the command too
+    assert "half_fgsm" in _cli("list", "attacks", env={"ROBUSTFAST_IMPORT": str(mine)}).stdout
+    unknown = _cli("train", "--attack", "half_fgsm", "--output", str(tmp_path / "x"))
+    assert unknown.returncode == 2 and "--import path/to/file.py" in unknown.stderr
+    run = tmp_path / "run"
+    common = ["--epochs", "1", "--eval-attacks", "clean", "--n-eval", "10", "--quiet"]
+    res = _cli("train", "--attack", "half_fgsm", "--import", str(mine), "--output", str(run), *common)
+    assert res.returncode == 0, res.stderr
+    assert yaml.safe_load((run / "config.yaml").read_text())["imports"] == [str(mine.resolve())]
+    again = _cli("train", "--output", str(run), "--resume", "--epochs", "2", "--quiet")  # no --import: the run knows
+    assert again.returncode == 0, again.stderr
+    ev = _cli("eval", "--checkpoint", str(run / "model.pt"), "--attacks", "clean", "--n-eval", "10", "--quiet")
+    assert ev.returncode == 0, ev.stderr
+
+
+def test_import_errors_are_one_line(tmp_path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("x = 1\nraise ValueError('oops')\n")
+    res = _cli("list", "attacks", "--import", str(bad))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "--import" in res.stderr and "ValueError: oops (line 2 of" in res.stderr
+    missing = _cli("list", "--import", "no_such_module_here")
+    assert missing.returncode == 2 and "no module named 'no_such_module_here'" in missing.stderr
+
+
+def test_installed_packages_add_methods_through_entry_points(tmp_path) -> None:
+    site = tmp_path / "site"
+    (site / "mine_pkg-0.1.dist-info").mkdir(parents=True)
+    (site / "mine_pkg-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: mine-pkg\nVersion: 0.1\n")
+    (site / "mine_pkg-0.1.dist-info" / "entry_points.txt").write_text("[robustfast.methods]\nhalf = mine_methods\n")
+    (site / "mine_methods.py").write_text(MINE)
+    res = _cli("list", "attacks", env={"PYTHONPATH": str(site)})
+    assert "half_fgsm" in res.stdout, res.stderr

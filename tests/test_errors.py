@@ -204,3 +204,70 @@ def test_eps_as_a_scalar_tensor_and_as_a_0_255_number(xy):
     with pytest.raises(RobustfastError, match="must be >= 0"):
         rf.FGSM(m, -0.1)
     assert F.cross_entropy(m(rf.FGSM(m, torch.tensor(EPS))(x, y)), y) > 0
+
+
+# ---------------------------------------------------------------------------------------------- user habits
+def _bn_model() -> nn.Module:
+    torch.manual_seed(0)  # BatchNorm1d: a batch of one example has one value per channel
+    return nn.Sequential(nn.Flatten(), nn.Linear(192, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
+
+
+def test_a_last_batch_of_one_example_is_refused_before_training(xy):
+    x, y = xy
+    data = TensorDataset(torch.cat([x, x, x[:1]]), torch.cat([y, y, y[:1]]))  # 17 examples
+    model = _bn_model()
+    tr = AdversarialTrainer(model, rf.FGSM(model, EPS), val_attack=None, progress=False, verbose=False)
+    with pytest.raises(
+        RobustfastError, match=r"17 training examples in batches of 8 leave a last batch of one.*drop_last"
+    ):
+        tr.fit(DataLoader(data, batch_size=8), 1)
+    assert tr.step == 0  # refused up front, not mid-epoch
+    tr.fit(DataLoader(data, batch_size=8, drop_last=True), 1)  # the fix works
+
+
+def test_a_batch_of_one_inside_batchnorm_is_named(xy):
+    x, y = xy
+    model = _bn_model()
+    tr = AdversarialTrainer(model, rf.FGSM(model, EPS), val_attack=None, progress=False, verbose=False)
+    with pytest.raises(RobustfastError, match=r"batch of 1 example\(s\) reached BatchNorm in train mode.*drop_last"):
+        tr.fit([(x, y), (x[:1], y[:1])], 1)  # a plain list of batches: no batch size to check up front
+
+
+def test_fit_again_with_the_same_epochs_says_what_to_do(xy):
+    x, y = xy
+    model = TinyCNN()
+    tr = AdversarialTrainer(model, rf.FGSM(model, EPS), val_attack=None, progress=False, verbose=False)
+    loader = [(x, y)]
+    tr.fit(loader, 2)
+    with pytest.raises(RobustfastError, match=r"already trained 2 epoch\(s\).*fit\(loader, 4\) to train 2 more"):
+        tr.fit(loader, 2)
+    tr.fit(loader, 3)  # epochs is the total: one more
+    assert tr.epoch == 3 and len(tr.history) == 3
+
+
+def test_state_a_checkpoint_cannot_hold_is_refused_at_construction(xy):
+    class PlainGeneratorFGSM(rf.FGSM):
+        state_attrs = ("gen",)
+
+        def __init__(self, model, eps):
+            super().__init__(model, eps)
+            self.gen = torch.Generator().manual_seed(0)
+
+    model = TinyCNN()
+    with pytest.raises(RobustfastError, match=r"PlainGeneratorFGSM: its state .*'gen'.* is a Generator.*SeededRNG"):
+        AdversarialTrainer(model, PlainGeneratorFGSM(model, EPS), progress=False)
+
+    class SeededFGSM(rf.FGSM):  # the fix the message names
+        state_attrs = ("gen",)
+
+        def __init__(self, model, eps):
+            super().__init__(model, eps)
+            self.gen = rf.SeededRNG(0)
+
+    AdversarialTrainer(model, SeededFGSM(model, EPS), progress=False)
+
+
+def test_guard_eps_on_a_255_scale_is_refused_when_built(xy):
+    x, y = xy
+    with pytest.raises(RobustfastError, match=r"COGuard\(eps=8\).*did you mean eps=8/255"):
+        rf.COGuard(x, y, eps=8)

@@ -241,3 +241,69 @@ def test_presets_show_method_and_eps(capsys) -> None:
     assert "zerograd(q=0.35)" in lines["zerograd-cifar10-eps8"] and "digits/small_cnn" in lines["demo"]
     assert "advlc(lam=0.3)" in lines["advlc-swa-cifar10"]
     assert "awp(gamma=0.01)" in lines["awp-cifar10"] and "trades(beta=6)" in lines["trades-cifar10"]
+
+
+# ------------------------------------------------------------------------------------- the operating system's errors
+def _one_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert "Traceback" not in err and len(lines) <= 2, err
+    return lines[-1]
+
+
+def test_read_only_output_is_one_line_before_training(tmp_path: Path, capsys, monkeypatch) -> None:
+    import errno
+
+    def read_only(self, *a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    err = fails(["train", "--epochs", "1", "--output", str(tmp_path / "ro"), "--quiet"], capsys)
+    line = _one_line(err)
+    assert "cannot write to the output folder" in line and "Read-only file system" in line and "--output" in line
+
+
+def test_full_disk_mid_run_is_one_line_with_the_resume_command(tmp_path: Path, capsys, monkeypatch) -> None:
+    import errno
+    import os
+
+    real, out = os.fsync, tmp_path / "full"
+
+    def fsync(fd):  # the first epoch's files are written; then the disk is full
+        if (out / "checkpoints" / "last.pt").is_file():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    err = fails(["train", "--epochs", "3", "--output", str(out), "--quiet"], capsys)
+    line = _one_line(err)
+    assert "disk is full" in line and f"robustfast train --output {out} --resume" in line, line
+    monkeypatch.undo()
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1  # intact, resumable
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "robustfast.cli", "train", "--epochs", "200", "--output", str(out), "--quiet"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "last.pt").is_file() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    _, stderr = p.communicate(timeout=60)
+    assert p.returncode == 130, stderr
+    line = _one_line(stderr)
+    assert "interrupted" in line and f"robustfast train --output {out} --resume" in line, stderr
+
+
+def test_eval_with_another_model_names_the_mismatch_briefly(run: Path, capsys) -> None:
+    err = fails(["eval", "--checkpoint", str(run / "model.pt"), "--model", "preact_resnet18", "--attacks", "clean"],
+                capsys)  # fmt: skip
+    line = _one_line(err)
+    assert "do not fit this model" in line and "Missing key(s)" not in err and len(line) < 600, line

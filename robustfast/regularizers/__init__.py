@@ -14,4 +14,4 @@ __all__ = [
     "list_regularizers",
     "register_regularizer",
 ]
-__all__ += import_submodules(__name__, globals(), skip=("base", "attention"))
+__all__ += import_submodules(__name__, globals(), skip=("base",))

@@ -20,7 +20,6 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.hooks import RemovableHandle
 
@@ -310,7 +309,16 @@ class AdversarialTrainer:
         for i, batch in enumerate(loader):
             x, y, index = self._unpack(batch)
             for r in range(m):
-                out = self._train_step(x, y, index, epoch + (i + (r + 1) / m) / n, epochs)
+                try:
+                    out = self._train_step(x, y, index, epoch + (i + (r + 1) / m) / n, epochs)
+                except ValueError as e:
+                    if "Expected more than 1 value per channel" not in str(e):
+                        raise
+                    raise RobustfastError(
+                        f"a training batch of {len(y)} example(s) reached BatchNorm in train mode, which needs at "
+                        "least 2 values per channel; build the loader with drop_last=True (command line: drop_last: "
+                        "true in --config) or a batch size that leaves no batch of one"
+                    ) from None
                 s["loss"] += out.loss.item() * len(y)
                 if out.logits is not None:
                     s["correct"] += (out.logits.argmax(1) == y).sum().item()
@@ -360,23 +368,12 @@ class AdversarialTrainer:
             self.hooks.call("on_after_attack", trainer=self, ctx=ctx)
             with self.hooks.around_update(trainer=self, ctx=ctx):
                 with self._autocast():
-                    out = self._losses(ctx)
+                    out = step_losses(ctx, self.criterion, self.regularizers)
                 self.hooks.call("on_before_backward", trainer=self, out=out, loss=out.loss)
                 self._backward(out.loss, ctx)
                 self.hooks.call("on_after_backward", trainer=self, out=out)
                 self._optimizer_step()
         return out
-
-    def _losses(self, ctx: StepContext) -> StepOutput:
-        try:
-            return step_losses(ctx, self.criterion, self.regularizers)
-        except ValueError as e:
-            if "Expected more than 1 value per channel" not in str(e):
-                raise
-            raise RobustfastError(
-                f"a training batch of {len(ctx.y)} example(s) reached BatchNorm in train mode, which needs at least 2 "
-                "per channel; build the loader with drop_last=True (or a batch size that divides the dataset)"
-            ) from None
 
     def _backward(self, loss: Tensor, ctx: StepContext) -> None:
         if not torch.isfinite(loss):
@@ -580,8 +577,11 @@ class AdversarialTrainer:
             self.guard_policy.best_state, self.guard_policy.best_changed = state, False
 
     def _check_last_batch(self, loader: Any) -> None:
-        """A last training batch of one example fails inside BatchNorm (train mode): say so before training."""
-        has_bn = any(isinstance(m, _BatchNorm) and m.training for m in self.model.modules())
+        """A last training batch of one example fails inside a ``BatchNorm1d`` (train mode): say so before training.
+
+        (2-d BatchNorm fails only on 1×1 maps, which cannot be told before a forward; the step names that case.)
+        """
+        has_bn = any(isinstance(m, nn.BatchNorm1d) and m.training for m in self.model.modules())
         bs, sampler = getattr(loader, "batch_size", None), getattr(loader, "sampler", None)
         if not has_bn or not isinstance(bs, int) or getattr(loader, "drop_last", True) or sampler is None:
             return
@@ -592,8 +592,8 @@ class AdversarialTrainer:
         if n % bs == 1:
             raise RobustfastError(
                 f"fit(train_loader): {n} training examples in batches of {bs} leave a last batch of one example, "
-                "which BatchNorm cannot normalize in train mode; build the loader with drop_last=True (or choose "
-                "another batch size)"
+                "which BatchNorm cannot normalize in train mode; build the loader with drop_last=True (command line: "
+                "drop_last: true in --config) or choose another batch size"
             )
 
     # ------------------------------------------------------------------ helpers
