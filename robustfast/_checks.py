@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from .errors import RobustfastError
 
 __all__ = [
+    "accepted_keywords",
     "as_magnitude",
     "check_batch",
     "check_bool",
@@ -194,38 +195,74 @@ def check_labels_in_range(owner: str, ylo: int, yhi: int, n_classes: int) -> Non
 
 
 def check_logits(owner: str, out: Any, n: int) -> Tensor:
-    """The model's output must be an ``(N, C)`` logits tensor; tuples and dicts get a clear error."""
+    """Return ``out`` when it is an ``(n, C)`` logits tensor (what ``model(x)`` gave for ``n`` inputs); otherwise
+    raise a :class:`RobustfastError` saying what the model returned and how to wrap it (one message everywhere)."""
     if isinstance(out, Tensor) and out.dim() == 2 and out.shape[0] == n:
         return out
-    if isinstance(out, (tuple, list, dict)):
-        kind = type(out).__name__
-        raise RobustfastError(
-            f"{owner}: the model returned a {kind}, not a logits tensor of shape ({n}, C); wrap the model so that "
-            "it returns the logits (e.g. a small nn.Module whose forward returns model(x)[0] or model(x)['logits'])"
-        )
-    shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-    raise RobustfastError(f"{owner}: the model must return logits of shape (N, C) = ({n}, C), got {shape}")
+    if isinstance(out, dict):
+        got, fix = f"a dict with keys {sorted(map(str, out))}", "e.g. return out['logits']"
+    elif isinstance(out, (tuple, list)):
+        got, fix = f"a {type(out).__name__} of {len(out)} items", "e.g. return out[0]"
+    elif isinstance(out, Tensor):
+        got, fix = f"a tensor of shape {tuple(out.shape)}", "flatten or pool it to (N, C)"
+    else:
+        got, fix = f"a {type(out).__name__}", "return the logits tensor"
+    raise RobustfastError(
+        f"{owner}: model(x) returned {got} for {n} input(s); it needs logits of shape (N, C) = ({n}, n_classes). "
+        f"Wrap the model in a module whose forward returns the logits ({fix})."
+    )
 
 
-def check_kwargs(cls: type, kwargs: dict[str, Any], what: str) -> None:
-    """Keyword arguments for building ``cls`` by name must be accepted by it; unknown ones raise a
-    :class:`RobustfastError` that suggests close matches and lists the accepted ones."""
-    import difflib
+def accepted_keywords(target: Any, skip: tuple[str, ...] = ("self",)) -> set[str] | None:
+    """Keywords ``target(...)`` accepts (a class: its ``__init__``, following ``**kwargs`` up the class hierarchy;
+    else the callable's own); ``None`` when open-ended (``**kwargs`` all the way)."""
     import inspect
 
-    accepted: list[str] = []
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
+    names: set[str] = set()
+    for klass in inspect.getmro(target) if inspect.isclass(target) else (target,):
+        init = klass.__dict__.get("__init__") if inspect.isclass(target) else klass
         if init is None:
             continue
-        params = inspect.signature(init).parameters
-        accepted += [p for p in params if p not in ("self", "model") and params[p].kind is not params[p].VAR_KEYWORD]
-        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            break
-    unknown = [k for k in kwargs if k not in accepted]
-    if unknown:
-        hints = []
-        for k in unknown:
-            close = difflib.get_close_matches(k, accepted, n=1)
-            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise RobustfastError(f"{what} got unknown argument(s) {', '.join(hints)}; it accepts {sorted(set(accepted))}")
+        params = list(inspect.signature(init).parameters.values())
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - set(skip)
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return names
+    return None
+
+
+def check_kwargs(
+    target: Any,
+    kwargs: dict[str, Any],
+    what: str,
+    *,
+    reserved: tuple[str, ...] = ("model",),
+    reserved_by: str = "the caller",
+    renames: dict[str, str] | None = None,
+) -> None:
+    """Keyword arguments for building ``target`` by name (a registry, the command line, a model factory) must be
+    accepted by it: the one check, with one message: ``what: unknown keyword 'qq'. Did you mean 'q'? Valid
+    keywords: ...``.
+
+    Args:
+        target: the class or function to call.
+        kwargs: the keywords given.
+        what: how the message names the object, e.g. ``"attack 'zerograd' (ZeroGrad)"``.
+        reserved: keywords the caller supplies itself (refused in ``kwargs``; default ``("model",)``).
+        reserved_by: who supplies them, for the message (default ``"the caller"``).
+        renames: configuration key -> keyword of ``target`` (e.g. SWA's ``every`` -> ``every_steps``).
+    """
+    import difflib
+
+    renames = renames or {}
+    valid = accepted_keywords(target)
+    if valid is None:
+        return
+    shown = {next((k for k, v in renames.items() if v == n), n) for n in valid - set(reserved)}
+    for key in kwargs:
+        if key in reserved:
+            raise RobustfastError(f"{what}: {key!r} is set by {reserved_by}, not by a keyword")
+        if key not in shown and key not in valid:
+            close = difflib.get_close_matches(key, sorted(shown), n=2)
+            hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+            valid_text = f"Valid keywords: {', '.join(sorted(shown))}" if shown else "It takes no keywords."
+            raise RobustfastError(f"{what}: unknown keyword {key!r}.{hint} {valid_text}")

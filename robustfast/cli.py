@@ -27,7 +27,6 @@ Errors are one line, ``robustfast: error: ...``, exit status 2; Ctrl-C says how 
 from __future__ import annotations
 
 import argparse
-import difflib
 import errno
 import inspect
 import os
@@ -43,6 +42,7 @@ import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from ._checks import check_kwargs
 from ._discover import IMPORT_ENV, import_entry_points, import_user_methods, split_imports
 from ._io import save_torch_file, write_text
 from .config import RESUMABLE_KEYS, RunConfig, format_value, list_presets, load_preset, load_yaml, resume_conflicts
@@ -314,20 +314,6 @@ def build_model(cfg: RunConfig, n_classes: int, in_chans: int, checkpoint: str |
                   checkpoint=checkpoint, **cfg.model_kwargs)  # fmt: skip
 
 
-def _keywords(cls: Any) -> set[str] | None:
-    """Keywords ``cls(...)`` accepts, following ``**kwargs`` up the class hierarchy; ``None`` when open-ended."""
-    names: set[str] = set()
-    for klass in inspect.getmro(cls) if inspect.isclass(cls) else (cls,):
-        init = klass.__dict__.get("__init__") if inspect.isclass(cls) else klass
-        if init is None:
-            continue
-        params = list(inspect.signature(init).parameters.values())
-        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            return names
-    return None
-
-
 def _construct(
     kind: str,
     cls: Any,
@@ -348,19 +334,8 @@ def _construct(
         renames: configuration key -> keyword of ``cls`` (e.g. SWA's ``every`` -> ``every_steps``).
     """
     renames = renames or {}
-    valid = _keywords(cls)
-    if valid is not None:
-        shown = {next((k for k, v in renames.items() if v == n), n) for n in valid - set(reserved)}
-        for key in kwargs:
-            if key in reserved:
-                raise RobustfastError(f"{kind}: {key!r} is set by the command line, not by a keyword")
-            if key not in shown and key not in valid:
-                close = difflib.get_close_matches(key, sorted(shown), n=2)
-                hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
-                raise RobustfastError(
-                    f"{kind} ({getattr(cls, '__name__', cls)}): unknown keyword {key!r}.{hint} Valid keywords: "
-                    f"{', '.join(sorted(shown))}"
-                )
+    check_kwargs(cls, kwargs, f"{kind} ({getattr(cls, '__name__', cls)})", reserved=reserved,
+                 reserved_by="the command line", renames=renames)  # fmt: skip
     kwargs = {renames.get(k, k): v for k, v in kwargs.items()}
     try:
         return cls(*args, **kwargs)
@@ -415,18 +390,6 @@ def build_method(cfg: RunConfig, model: nn.Module) -> tuple[Any, list[Any]]:
             r["eps"] = cfg.eps
         regs.append(_construct(f"regularizer {rname!r}", cls, r))
     return attack, regs
-
-
-def _schedule(cfg: RunConfig) -> Any:
-    from .training import Constant, Cyclic, OneCycle, Piecewise
-
-    if cfg.schedule == "cyclic":
-        return Cyclic(cfg.lr, peak=cfg.peak)
-    if cfg.schedule == "onecycle":
-        return OneCycle(cfg.lr)
-    if cfg.schedule == "piecewise":
-        return Piecewise(cfg.lr, tuple(cfg.milestones))
-    return Constant(cfg.lr)
 
 
 def build_averaging(cfg: RunConfig, n_batches: int) -> list[Any]:
@@ -636,13 +599,9 @@ def cmd_train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
         _note("the catastrophic-overfitting guard compares FGSM and PGD in L∞: off for this L2 run")
     guard = COGuard(x_val, y_val, eps=cfg.eps, on_co=cfg.co_action) if use_guard else None
     trainer = AdversarialTrainer(
-        model, attack, regs, criterion=criterion, plugins=plugins, lr_schedule=_schedule(cfg), lr=cfg.lr,
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay, eps_warmup=cfg.eps_warmup, eps_warmup_target=cfg.eps_warmup_target,
-        attack_bn_mode=cfg.attack_bn_mode, label_smoothing=cfg.label_smoothing if criterion is None else 0.0,
-        grad_clip=cfg.grad_clip, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile,
-        averaging=averaging, co_guard=guard, checkpoint_dir=out / "checkpoints", log_dir=out,
-        progress=progress, seed=cfg.seed, device=device,
+        model, attack, regs, criterion=criterion, plugins=plugins, averaging=averaging, co_guard=guard,
+        checkpoint_dir=out / "checkpoints", log_dir=out, progress=progress, device=device,
+        **cfg.trainer_kwargs(custom_criterion=criterion is not None),
     )  # fmt: skip
     # ---- all checks passed: from here on, files are written
     if overwrite and existing:

@@ -22,6 +22,7 @@ dataset indices that loaders yield as a third element; see :class:`robustfast.da
 from __future__ import annotations
 
 import copy
+import difflib
 from typing import Any, ClassVar
 
 import torch
@@ -33,13 +34,59 @@ from .errors import RobustfastError
 
 __all__ = [
     "PLUGINS",
+    "REQUESTS",
     "Component",
     "ExampleMemory",
+    "check_requests",
     "check_saveable",
     "create_plugin",
+    "known_requests",
     "list_plugins",
     "register_plugin",
+    "register_request",
 ]
+
+#: What a consumer can ask the step to keep attached to the autograd graph.
+#: ``"clean_logits"``: logits at the clean ``x`` with their graph (AdvLC, SEAT, TRADES);
+#: ``"clean_grad_graph"``: the clean input gradient computed with ``create_graph=True`` (symmetric GradAlign,
+#: CURE, GradNorm); ``"adv_grad_graph"``: the training forward at ``x_adv`` runs on a leaf that requires grad,
+#: so ``∇x ℓ(x_adv)`` comes from it without another forward (CURE) and the final backward leaves the input
+#: gradient in ``ctx.adv_point.grad`` (Free-AT).
+REQUESTS = frozenset({"clean_logits", "clean_grad_graph", "adv_grad_graph"})
+_METHOD_REQUESTS: dict[str, str] = {}
+
+
+def register_request(name: str, what: str) -> str:
+    """Declare a request that a method's own parts honour (e.g. FGSM-PGI's ``"prior_logits"``: its attack keeps the
+    logits at the prior point with their graph for :class:`~robustfast.PGILoss`); returns ``name``.
+
+    Register it in the method's file, before the classes that name it in ``requests``.
+    """
+    if name in REQUESTS or _METHOD_REQUESTS.get(name, what) != what:
+        raise RobustfastError(f"request {name!r} is already declared")
+    _METHOD_REQUESTS[name] = what
+    return name
+
+
+def known_requests() -> frozenset[str]:
+    """:data:`REQUESTS` and the requests methods declared with :func:`register_request`."""
+    return REQUESTS | frozenset(_METHOD_REQUESTS)
+
+
+def check_requests(owner: str, requests: Any) -> frozenset[str]:
+    """``requests`` as a frozenset of known request names; an unknown name (a typo) is an error naming the known."""
+    names = frozenset(requests)
+    known = known_requests()
+    unknown = sorted(names - known)
+    if unknown:
+        close = [m for u in unknown for m in difflib.get_close_matches(u, sorted(known), n=1)]
+        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        raise RobustfastError(
+            f"{owner}.requests names {unknown}{hint}; the known requests are {sorted(known)} (a method declares its "
+            "own with robustfast.component.register_request)"
+        )
+    return names
+
 
 #: Trainer plugins (method parts that change the loop itself, e.g. AWP), by name.
 PLUGINS = Registry("plugin")
@@ -54,7 +101,7 @@ def list_plugins(pattern: str = "*") -> list[str]:
 def create_plugin(name: str, model: Any, **kwargs: Any) -> Component:
     """Build a registered trainer plugin by name, e.g. ``create_plugin("awp", model, gamma=0.01)``."""
     cls = PLUGINS.get(name)
-    check_kwargs(cls, kwargs, f"plugin {name!r}")
+    check_kwargs(cls, kwargs, f"plugin {name!r} ({cls.__name__})")
     return cls(model, **kwargs)
 
 
@@ -135,6 +182,13 @@ class Component:
     strength: int = 0
     #: Hyper-parameters ``repr`` shows (their current values).
     _repr_params: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A method file with a misspelt request or hook fails when it is imported, naming the fix."""
+        super().__init_subclass__(**kwargs)
+        requests = cls.__dict__.get("requests")
+        if isinstance(requests, (frozenset, set, tuple, list)):
+            check_requests(cls.__name__, requests)
 
     @property
     def name(self) -> str:

@@ -247,6 +247,44 @@ class RunConfig:
 
         return getattr(ATTACKS.get(name), "norm", "Linf") if name in ATTACKS else "Linf"
 
+    def lr_schedule(self) -> Any:
+        """The learning-rate schedule of ``schedule``, ``lr``, ``peak`` and ``milestones``
+        (:mod:`robustfast.training.schedules`)."""
+        from .training import Constant, Cyclic, OneCycle, Piecewise
+
+        if self.schedule == "cyclic":
+            return Cyclic(self.lr, peak=self.peak)
+        if self.schedule == "onecycle":
+            return OneCycle(self.lr)
+        if self.schedule == "piecewise":
+            return Piecewise(self.lr, tuple(self.milestones))
+        return Constant(self.lr)
+
+    def trainer_kwargs(self, *, custom_criterion: bool = False) -> dict[str, Any]:
+        """The :class:`~robustfast.training.AdversarialTrainer` keywords this configuration sets: the one place the
+        command line turns a configuration into training options (it adds the model, the method's parts, the
+        guard, the output folders and the device).
+
+        Args:
+            custom_criterion: the run has its own training loss (``loss``), which then carries any label
+                smoothing itself.
+        """
+        return {
+            "lr_schedule": self.lr_schedule(),
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+            "eps_warmup": self.eps_warmup,
+            "eps_warmup_target": self.eps_warmup_target,
+            "attack_bn_mode": self.attack_bn_mode,
+            "label_smoothing": 0.0 if custom_criterion else self.label_smoothing,
+            "grad_clip": self.grad_clip,
+            "amp": self.amp,
+            "channels_last": self.channels_last,
+            "compile": self.compile,
+            "seed": self.seed,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-data view (for the run's ``config.yaml``)."""
         return dataclasses.asdict(self)

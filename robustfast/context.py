@@ -20,20 +20,20 @@ from typing import Any, Literal
 
 from torch import Tensor
 
+from .component import REQUESTS, check_requests
 from .errors import RobustfastError
 from .losses import cross_entropy
 from .modes import policy_matches
 from .ops import input_grad
 
-__all__ = ["REQUESTS", "StepContext"]
+__all__ = ["CLEAN_POINT", "CLEAN_POINT_LOGITS", "CLEAN_POINT_NET", "REQUESTS", "StepContext", "check_requests"]
 
-#: What a consumer can ask the step to keep attached to the autograd graph.
-#: ``"clean_logits"``: logits at the clean ``x`` with their graph (AdvLC, SEAT, TRADES);
-#: ``"clean_grad_graph"``: the clean input gradient computed with ``create_graph=True`` (symmetric GradAlign,
-#: CURE, GradNorm); ``"adv_grad_graph"``: the training forward at ``x_adv`` runs on a leaf that requires grad,
-#: so ``∇x ℓ(x_adv)`` comes from it without another forward (CURE) and the final backward leaves the input
-#: gradient in ``ctx.adv_point.grad`` (Free-AT).
-REQUESTS = frozenset({"clean_logits", "clean_grad_graph", "adv_grad_graph"})
+#: ``ctx.extras`` keys read across methods (a method's own keys are constants in its own file):
+#: another point that consumers treat as the clean input (FGSM-N's noise-augmented ``x̃``, which AdvLC compares
+#: with), the logits there with their graph (when a consumer requested ``"clean_logits"``) and the network that
+#: computed them.
+CLEAN_POINT, CLEAN_POINT_LOGITS, CLEAN_POINT_NET = "clean_point", "clean_point_logits", "clean_point_net"
+
 
 Network = Callable[[Tensor], Tensor]
 
@@ -58,9 +58,9 @@ class StepContext:
         adv_point: the leaf tensor the training forward ran on, when ``"adv_grad_graph"`` was requested.
         loss: the training loss of this step (with its graph), set once the training loss is computed.
         attack_mode: the BatchNorm/dropout policy the attack's forward passes ran under.
-        extras: method-specific intermediates. Keys read across methods: ``"clean_point"`` (another point that
-            consumers such as AdvLC treat as clean, FGSM-N's ``x̃``; with ``"clean_point_logits"`` and
-            ``"clean_point_net"``), ``"prior_point"`` (FGSM-PGI's prior perturbation point).
+        extras: method-specific intermediates. Keys read across methods are the constants :data:`CLEAN_POINT`,
+            :data:`CLEAN_POINT_LOGITS` and :data:`CLEAN_POINT_NET`; a method's own keys are constants of its file
+            (e.g. FGSM-PGI's ``PRIOR_POINT``).
     """
 
     x: Tensor

@@ -96,7 +96,7 @@ def list_losses(pattern: str = "*") -> list[str]:
 def create_loss(name: str, **kwargs: Any) -> TrainingLoss:
     """Build a registered training loss by name, e.g. ``create_loss("trades", beta=6)``."""
     cls = LOSSES.get(name)
-    check_kwargs(cls, kwargs, f"loss {name!r}")
+    check_kwargs(cls, kwargs, f"loss {name!r} ({cls.__name__})")
     return cls(**kwargs)
 
 

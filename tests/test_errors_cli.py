@@ -176,7 +176,7 @@ def test_validation_points_are_held_out_of_the_training_split() -> None:
         (["--attack-arg", "qq=0.3"], "attack 'fgsm' (FGSM): unknown keyword 'qq'. Valid keywords: alpha, bn_mode"),
         (["--attack", "zerograd", "--attack-arg", "qq=0.3"], "unknown keyword 'qq'. Did you mean 'q'? Valid keywords"),
         (["--reg", "gradalign:lamb=0.3"], "regularizer 'gradalign' (GradAlign): unknown keyword 'lamb'. Did you mean"),
-        (["--attack-arg", "model=1"], "attack 'fgsm': 'model' is set by the command line"),
+        (["--attack-arg", "model=1"], "attack 'fgsm' (FGSM): 'model' is set by the command line"),
         (["--attack-arg", "q"], "'q': expected key=value"),
         (["--device", "gpu"], "device='gpu': not a torch device; use cpu, cuda, cuda:N"),
         (["--dataset", "cifar-1O"], "unknown dataset 'cifar-1O'. Did you mean 'cifar10'"),

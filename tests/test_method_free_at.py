@@ -165,3 +165,17 @@ def test_preset_loads() -> None:
     cfg = RunConfig.from_dict(load_preset("free-at-cifar10"))
     assert cfg.attack == {"name": "free_at", "m": 8} and cfg.epochs == 10 and cfg.lr == pytest.approx(0.04)
     assert cfg.model == "preact_resnet18_wong" and cfg.schedule == "cyclic" and cfg.peak == pytest.approx(0.5)
+
+
+def test_an_eps_warm_up_of_the_step_scales_free_at_step(model) -> None:
+    """Free-AT's ``step`` is declared a step size (``Magnitude(step=True)``), so a warm-up that scales the steps
+    (``eps_warmup_target="step"``, GradAlign's FGSM recipe) scales it, as it does every attack's ``alpha``."""
+    atk = FreeAT(model, 8 / 255, step=6 / 255)
+    with atk.scaled(0.5, "step"):
+        assert atk.step == pytest.approx(3 / 255) and atk.eps == pytest.approx(8 / 255)
+    with atk.scaled(0.5, "eps"):
+        assert atk.step == pytest.approx(6 / 255) and atk.eps == pytest.approx(4 / 255)
+    assert atk.step == pytest.approx(6 / 255)
+    fgsm = rf.FGSM(model, 8 / 255)
+    with fgsm.scaled(0.5, "step"):
+        assert fgsm.alpha == pytest.approx(4 / 255) and fgsm.noise == 0

@@ -150,7 +150,7 @@ def test_preact_variant_argument_and_aliases() -> None:
         assert models.create(alias).variant == "wong"
     with pytest.raises(rf.RobustfastError, match=r"PreAct ResNet variant 'gradalgn'\. Did you mean 'gradalign'"):
         models.create("preact_resnet18", variant="gradalgn")
-    with pytest.raises(rf.RobustfastError, match="unknown option"):  # named variants take no variant=
+    with pytest.raises(rf.RobustfastError, match=r"unknown keyword 'variant'\. It takes no keywords"):  # named variants
         models.create("preact_resnet18_wong", variant="gradalign")
     text = repr(models.create("prn18", variant="gradalign"))
     assert "variant='gradalign', shortcut_from='raw', final_bn=False" in text
@@ -288,7 +288,7 @@ def test_normalize_wrapper() -> None:
         ({"name": "wrn_28_10", "normalize": 0.5}, r"dataset name or a \(mean, std\) pair"),
         (
             {"name": "wrn_28_10", "drop_rate": 0.3},
-            "unknown option\\(s\\) \\['drop_rate'\\]; it accepts \\['dropout'\\]",
+            r"unknown keyword 'drop_rate'. Did you mean 'dropout'\? Valid keywords: dropout",
         ),
         ({"name": "timm:resnet10t", "img_sz": 32}, "rejected an option"),
         ({"name": "wrn_28_10", "pretrained": True}, "No pretrained weights .* checkpoint="),

@@ -87,7 +87,7 @@ def create_attack(name: str, model: nn.Module, *args: Any, **kwargs: Any) -> Att
     Unknown keyword arguments raise a :class:`RobustfastError` that lists the accepted ones.
     """
     cls = ATTACKS.get(name)
-    check_kwargs(cls, kwargs, f"attack {name!r}")
+    check_kwargs(cls, kwargs, f"attack {name!r} ({cls.__name__})")
     return cls(model, *args, **kwargs)
 
 
@@ -115,13 +115,16 @@ class Magnitude:
     Args:
         relative: the default as a multiple of ``eps`` (``None``: the value is required, as for ``eps``).
         optional: ``None`` stays ``None`` (e.g. N-FGSM's optional projection radius).
+        step: this size is a step size: what an ε warm-up with ``target="step"`` scales (:meth:`Attack.scaled`).
+            Default ``None``: a magnitude named ``alpha`` is one; Free-AT declares its ``step``.
     """
 
-    def __init__(self, relative: float | None = None, *, optional: bool = False) -> None:
-        self.relative, self.optional = relative, optional
+    def __init__(self, relative: float | None = None, *, optional: bool = False, step: bool | None = None) -> None:
+        self.relative, self.optional, self._step = relative, optional, step
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name, self.attr = name, f"_{name}"
+        self.step = name == "alpha" if self._step is None else self._step
 
     def __get__(self, obj: Any, objtype: type | None = None) -> Any:
         if obj is None:
@@ -280,8 +283,9 @@ class Attack(Component):
 
         ``what="all"`` (default) multiplies ``eps`` and every absolute pixel-unit hyper-parameter (those left at
         their default follow ``eps`` by themselves: N-FGSM's code ramps ε and α together); ``"eps"`` scales only
-        the radius and keeps the step sizes at their full values (GradAlign's SVHN warm-up for PGD); ``"step"``
-        scales only ``alpha`` and keeps the radius (GradAlign's SVHN warm-up for FGSM).
+        the radius and keeps the other sizes at their full values (GradAlign's SVHN warm-up for PGD); ``"step"``
+        scales only the step sizes (each attack's ``alpha``, and magnitudes declared ``Magnitude(step=True)`` such
+        as Free-AT's ``step``) and keeps the radius (GradAlign's SVHN warm-up for FGSM).
         """
         if what not in ("all", "eps", "step"):
             raise RobustfastError(f"scaled(what={what!r}): choose 'all', 'eps' or 'step'")
@@ -296,8 +300,10 @@ class Attack(Component):
             elif what == "eps":
                 for m in mags:  # every other size keeps its full value, defaults included
                     self.__dict__[m.attr] = effective[m.attr] if m.name != "eps" else saved[m.attr] * factor
-            elif effective.get("_alpha") is not None:
-                self.__dict__["_alpha"] = effective["_alpha"] * factor
+            else:
+                for m in mags:
+                    if m.step and effective[m.attr] is not None:
+                        self.__dict__[m.attr] = effective[m.attr] * factor
             yield self
         finally:
             self.__dict__.update(saved)

@@ -20,9 +20,10 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from ..context import StepContext
-from ..ops import clip_delta, input_grad, uniform_start
+from ..context import CLEAN_POINT, CLEAN_POINT_LOGITS, CLEAN_POINT_NET, StepContext
+from ..ops import input_grad
 from .base import Attack, GradFn, LossFn, Magnitude, kernel, loss_grad_fn, register_attack
+from .nfgsm import noisy_step
 
 __all__ = ["FGSMN", "fgsm_n"]
 
@@ -45,10 +46,8 @@ def fgsm_n(
     ``x̃ = x + η`` with ``η ~ U[-noise, noise]`` clamped to the image box, then one signed step of ``alpha`` at ``x̃``
     projected onto the ε-box **around x̃** and the image box. ``‖δ‖∞ ≤ noise + eps``.
     """
-    grad = grad_fn or loss_grad_fn(model, x, y, loss_fn)
-    eta = uniform_start(x, eps if noise is None else noise, generator)
-    step = ((eps if alpha is None else alpha) * grad(eta).sign()).clamp(-eps, eps)
-    return clip_delta(eta + step, x, None)
+    return noisy_step(grad_fn or loss_grad_fn(model, x, y, loss_fn), x, noise=eps if noise is None else noise,
+                      alpha=eps if alpha is None else alpha, step_clip=eps, clip=None, generator=generator)  # fmt: skip
 
 
 @register_attack("fgsm_n", "fgsmn", "fgsm_noise")
@@ -62,17 +61,17 @@ class FGSMN(Attack):
     reuses that forward's logits as AdvLC's "clean" logits, so FGSM-N + AdvLC costs 2F + 2B (one backward
     traverses both forwards).
 
-    **What it publishes** in ``ctx.extras`` (method-specific keys):
+    **What it publishes** in ``ctx.extras`` (the cross-method keys of :mod:`robustfast.context`):
 
-    * ``"clean_point"``: ``x̃`` (detached), the input the official AdvLC code treats as clean;
-    * ``"clean_point_logits"``: the logits at ``x̃`` **with their graph**, when a consumer requested
-      ``"clean_logits"`` (AdvLC does), so that a regularizer honouring ``"clean_point"`` needs no extra pass;
-      ``"clean_point_net"``: the network that computed them. Reuse them only when the step's network is that
+    * ``CLEAN_POINT``: ``x̃`` (detached), the input the official AdvLC code treats as clean;
+    * ``CLEAN_POINT_LOGITS``: the logits at ``x̃`` **with their graph**, when a consumer requested
+      ``"clean_logits"`` (AdvLC does), so that a regularizer honouring ``CLEAN_POINT`` needs no extra pass;
+      ``CLEAN_POINT_NET``: the network that computed them. Reuse them only when the step's network is that
       network (not under DDP or ``compile``) and the model's mode matches ``ctx.attack_mode``, as for
       ``ctx.clean_logits``; otherwise run one forward at ``x̃``.
 
-    ``AdvLC`` as shipped reads the clean ``x``; reproducing the paper's FGSM-N rows needs it to read
-    ``ctx.extras["clean_point"]`` (see docs/methods/fgsm_n.md).
+    :class:`~robustfast.AdvLC` reads ``CLEAN_POINT``: after FGSM-N it compares the logits at ``x̃`` (not at the clean
+    ``x``) with those at ``x'``, as the official code does (see docs/methods/fgsm_n.md).
 
     Deviation: the official ``train.py`` (commit "fgsm N") passes the precomputed gradient ``ig`` positionally into
     the ``pert`` slot of ``pgd(...)``, so its step starts from ``x̃ + ig`` (``ig`` = the batch-mean gradient, about
@@ -115,9 +114,9 @@ class FGSMN(Attack):
             point = (x + eta).detach().requires_grad_(True)
             logits = self.get_logits(point)
             g = input_grad(self.objective(logits, y), point, retain_graph=keep)
-            ctx.extras["clean_point"] = point.detach()
+            ctx.extras[CLEAN_POINT] = point.detach()
             if keep:
-                ctx.extras["clean_point_logits"], ctx.extras["clean_point_net"] = logits, ctx.model
+                ctx.extras[CLEAN_POINT_LOGITS], ctx.extras[CLEAN_POINT_NET] = logits, ctx.model
             return g.detach()
 
         return x + fgsm_n(self.get_logits, x, y, eps=self.eps, alpha=self.alpha, noise=self.noise,

@@ -14,7 +14,22 @@ from ..context import StepContext
 from ..ops import clip_delta, uniform_start
 from .base import Attack, GradFn, LossFn, Magnitude, kernel, loss_grad_fn, register_attack
 
-__all__ = ["NFGSM", "nfgsm"]
+__all__ = ["NFGSM", "nfgsm", "noisy_step"]
+
+
+def noisy_step(
+    grad: GradFn, x: Tensor, *, noise: float, alpha: float, step_clip: float | None, clip: float | None,
+    generator: Any = None,
+) -> Tensor:  # fmt: skip
+    """One signed step from uniform noise, the kernel N-FGSM and AdvLC's FGSM-N share:
+    ``η ~ U[-noise, noise]`` (``x + η`` kept in ``[0, 1]``), ``s = alpha·sign ∇ℓ(x + η)`` clipped to ``step_clip``
+    when given (FGSM-N's projection around ``x + η``), ``δ = η + s`` projected onto ``clip`` when given and the image
+    box."""
+    eta = uniform_start(x, noise, generator)
+    step = alpha * grad(eta).sign()
+    if step_clip is not None:
+        step = step.clamp(-step_clip, step_clip)
+    return clip_delta(eta + step, x, clip)
 
 
 @kernel
@@ -34,8 +49,8 @@ def nfgsm(
     """N-FGSM perturbation ``δ = η + α·sign ∇ℓ(x+η)`` (``noise`` default ``2*eps``, ``alpha`` default ``eps``,
     projected onto ``clip`` only when given); see :class:`NFGSM`."""
     grad = grad_fn or loss_grad_fn(model, x, y, loss_fn)
-    eta = uniform_start(x, 2.0 * eps if noise is None else noise, generator)
-    return clip_delta(eta + (eps if alpha is None else alpha) * grad(eta).sign(), x, clip)
+    return noisy_step(grad, x, noise=2.0 * eps if noise is None else noise, alpha=eps if alpha is None else alpha,
+                      step_clip=None, clip=clip, generator=generator)  # fmt: skip
 
 
 @register_attack("nfgsm", "n_fgsm")

@@ -18,7 +18,7 @@ from ..losses import cross_entropy
 from ..ops import bcast, clip_delta, input_grad, uniform_start
 from .base import Attack, GradFn, LossFn, Magnitude, kernel, loss_grad_fn, register_attack
 
-__all__ = ["PGD", "iterate", "pgd", "worst_restart"]
+__all__ = ["PGD", "check_pgd_args", "iterate", "pgd", "projected_ascent", "worst_restart"]
 
 
 Update = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -83,6 +83,38 @@ def worst_restart(
     return best
 
 
+def projected_ascent(
+    model: Any, x: Tensor, y: Tensor, *, start: Callable[[], Tensor] | None, update: Update, steps: int, restarts: int,
+    keep: Literal["success", "loss"], early_stop: bool, loss_fn: LossFn | None, targeted: bool,
+    grad_fn: GradFn | None,
+) -> Tensor:  # fmt: skip
+    """The projected ascent shared by :func:`pgd` (L∞) and :func:`~robustfast.attacks.pgd_l2.pgd_l2` (L2):
+    ``restarts`` runs of ``steps`` updates from ``start()`` (``None``: the clean point), the worst run per example.
+
+    Only the first run may use ``grad_fn`` (possibly the step record's shared clean gradient): later runs start
+    elsewhere anyway.
+    """
+    fn = loss_fn or cross_entropy
+    grad = grad_fn or loss_grad_fn(model, x, y, fn)
+
+    def run(first: bool) -> Tensor:
+        oracle = grad if first else loss_grad_fn(model, x, y, fn)
+        return iterate(model, x, y, None if start is None else start(), update, steps=steps, early_stop=early_stop,
+                       loss_fn=fn, targeted=targeted, grad=oracle)  # fmt: skip
+
+    return worst_restart(model, x, y, run, restarts, keep=keep, loss_fn=fn, targeted=targeted)
+
+
+def check_pgd_args(owner: str, steps: Any, restarts: Any, random_start: Any, early_stop: Any) -> None:
+    """The arguments PGD and PGD-L2 share: integers ``>= 1`` and booleans."""
+    for name, v in (("steps", steps), ("restarts", restarts)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise RobustfastError(f"{owner}({name}={v!r}): must be an integer >= 1")
+    for name, v in (("random_start", random_start), ("early_stop", early_stop)):
+        if not isinstance(v, bool):
+            raise RobustfastError(f"{owner}({name}={v!r}): True or False")
+
+
 @kernel
 def pgd(
     model: nn.Module,
@@ -106,20 +138,14 @@ def pgd(
     ``loss_fn`` is the per-sample objective to *ascend* (for a targeted attack: minus the loss to the targets,
     with ``targeted=True`` so that success means hitting the target).
     """
-    fn = loss_fn or cross_entropy
-    grad = grad_fn or loss_grad_fn(model, x, y, fn)
     step = eps / 4 if alpha is None else alpha
 
     def update(d: Tensor, g: Tensor, xs: Tensor) -> Tensor:
         return clip_delta(d + step * g.sign(), xs, eps)
 
-    def run(first: bool) -> Tensor:
-        # only the first run may use the (possibly shared) oracle: later ones start elsewhere anyway
-        start = uniform_start(x, eps, generator) if random_start else None
-        return iterate(model, x, y, start, update, steps=steps, early_stop=early_stop, loss_fn=fn, targeted=targeted,
-                       grad=grad if first else loss_grad_fn(model, x, y, fn))  # fmt: skip
-
-    return worst_restart(model, x, y, run, restarts, keep=keep, loss_fn=fn, targeted=targeted)
+    start = (lambda: uniform_start(x, eps, generator)) if random_start else None
+    return projected_ascent(model, x, y, start=start, update=update, steps=steps, restarts=restarts, keep=keep,
+                            early_stop=early_stop, loss_fn=loss_fn, targeted=targeted, grad_fn=grad_fn)  # fmt: skip
 
 
 @register_attack("pgd")
@@ -165,13 +191,9 @@ class PGD(Attack):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, eps, **kwargs)
-        for name, v in (("steps", steps), ("restarts", restarts)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise RobustfastError(f"PGD({name}={v!r}): must be an integer >= 1")
+        check_pgd_args("PGD", steps, restarts, random_start, early_stop)
         if keep not in ("success", "loss"):
             raise RobustfastError(f"PGD(keep={keep!r}): choose 'success' or 'loss'")
-        if not isinstance(random_start, bool):
-            raise RobustfastError(f"PGD(random_start={random_start!r}): True or False")
         self.alpha, self.steps, self.random_start = alpha, steps, random_start
         self.restarts, self.keep, self.early_stop = restarts, keep, early_stop
 

@@ -19,10 +19,9 @@ from torch import Tensor, nn
 
 from ..context import StepContext
 from ..errors import RobustfastError
-from ..losses import cross_entropy
 from ..ops import bcast
-from .base import Attack, GradFn, LossFn, Magnitude, kernel, loss_grad_fn, register_attack
-from .pgd import iterate, worst_restart
+from .base import Attack, GradFn, LossFn, Magnitude, kernel, register_attack
+from .pgd import check_pgd_args, projected_ascent
 
 __all__ = ["PGDL2", "L2Magnitude", "l2_project", "pgd_l2"]
 
@@ -86,8 +85,6 @@ def pgd_l2(
         generator: for the random start. grad_fn: gradient oracle (default
             :func:`~robustfast.attacks.base.loss_grad_fn`).
     """
-    fn = loss_fn or cross_entropy
-    grad = grad_fn or loss_grad_fn(model, x, y, fn)
     step = eps / 5 if alpha is None else alpha
     # torchattacks normalizes the gradient of the batch-*mean* loss: g/B / (‖g/B‖ + e) = g / (‖g‖ + B·e)
     division = eps_for_division * x.shape[0]
@@ -95,13 +92,9 @@ def pgd_l2(
     def update(d: Tensor, g: Tensor, xs: Tensor) -> Tensor:
         return l2_project(d + step * _normalized(g, division), xs, eps)
 
-    def run(first: bool) -> Tensor:
-        # only the first run may use the (possibly shared) oracle: later ones start elsewhere anyway
-        start = l2_start(x, eps, generator) if random_start else None
-        return iterate(model, x, y, start, update, steps=steps, early_stop=early_stop, loss_fn=fn, targeted=targeted,
-                       grad=grad if first else loss_grad_fn(model, x, y, fn))  # fmt: skip
-
-    return worst_restart(model, x, y, run, restarts, keep="success", loss_fn=fn, targeted=targeted)
+    start = (lambda: l2_start(x, eps, generator)) if random_start else None
+    return projected_ascent(model, x, y, start=start, update=update, steps=steps, restarts=restarts, keep="success",
+                            early_stop=early_stop, loss_fn=loss_fn, targeted=targeted, grad_fn=grad_fn)  # fmt: skip
 
 
 def as_l2_magnitude(owner: str, name: str, value: Any, *, allow_none: bool = True) -> float | None:
@@ -191,12 +184,7 @@ class PGDL2(Attack):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, eps, **kwargs)
-        for name, v in (("steps", steps), ("restarts", restarts)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise RobustfastError(f"PGDL2({name}={v!r}): must be an integer >= 1")
-        for name, v in (("random_start", random_start), ("early_stop", early_stop)):
-            if not isinstance(v, bool):
-                raise RobustfastError(f"PGDL2({name}={v!r}): True or False")
+        check_pgd_args("PGDL2", steps, restarts, random_start, early_stop)
         ok = isinstance(eps_for_division, (int, float)) and not isinstance(eps_for_division, bool)
         if not ok or not math.isfinite(eps_for_division) or eps_for_division <= 0:
             raise RobustfastError(f"PGDL2(eps_for_division={eps_for_division!r}): a small number > 0, e.g. 1e-10")

@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .._checks import check_logits
 from ..attacks import FGSM, PGD, PGDL2, Attack
 from ..errors import RobustfastError
 from ..modes import model_mode
-from ._predict import check_logits, output_width, predict
+from ._predict import output_width, predict
 from .autoattack import AA_ATTACKS, AutoAttackAdapter
 from .report import AttackResult, EvaluationReport
 
@@ -311,7 +312,7 @@ def _run_pgd(
             x_adv = atk(xb, yb)
             _check_ball(plan.name, x_adv, xb, eps, plan.protocol.get("norm", "Linf"))
             with torch.no_grad():
-                logits = check_logits(model(x_adv), x_adv.shape[0]).float()
+                logits = check_logits("evaluate", model(x_adv), x_adv.shape[0]).float()
             ok = (logits.argmax(1) == yb).to(robust.device)
             if official:  # GradAlign's attack_pgd: max_delta[loss >= max_loss] = delta
                 loss = F.cross_entropy(logits, yb, reduction="none").to(robust.device)

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..attacks.base import Attack, GradFn, LossFn, Magnitude, kernel, loss_grad_fn, register_attack
-from ..component import ExampleMemory
+from ..component import ExampleMemory, register_request
 from ..context import StepContext
 from ..errors import RobustfastError
 from ..losses import TrainingLoss, at_least_fp32, register_loss
@@ -41,7 +41,9 @@ from ..ops import bcast, clip_delta, input_grad, random_sign_like
 __all__ = ["FGSMPGI", "PGILoss", "fgsm_pgi", "pgi_smoothed_ce"]
 
 #: ``ctx.extras`` keys FGSMPGI publishes and PGILoss reads.
-PRIOR_POINT, PRIOR_LOGITS, PRIOR_NET = "prior_point", "prior_logits", "prior_net"
+PRIOR_POINT, PRIOR_NET = "prior_point", "prior_net"
+#: A request of this method's own: the attack keeps the logits at the prior point with their graph (PGILoss).
+PRIOR_LOGITS = register_request("prior_logits", "FGSM-PGI's logits at the prior point x + δ0, with their graph")
 
 
 def _check_factor(owner: str, factor: Any) -> float:

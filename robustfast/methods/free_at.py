@@ -102,7 +102,7 @@ class FreeAT(Attack):
             ``seed``, ``generator``, ``check_range``, ``targeted``, ``target_fn`` (see :class:`Attack`).
     """
 
-    step = Magnitude(1.0)
+    step = Magnitude(1.0, step=True)
     _repr_params: ClassVar[tuple[str, ...]] = ("eps", "m", "step")
     state_attrs: ClassVar[tuple[str, ...]] = ("delta", "step")
     max_strength: ClassVar[int] = 3

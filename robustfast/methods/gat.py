@@ -29,28 +29,32 @@ reuses it instead of a second clean forward), and runs its own forward in its ``
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attacks.base import Attack, LossFn, Magnitude, kernel, register_attack
+from ..attacks.base import LossFn, kernel, register_attack
 from ..context import StepContext
 from ..errors import RobustfastError
-from ..losses import TrainingLoss, at_least_fp32, cross_entropy, register_loss
-from ..ops import clip_delta, input_grad, random_sign_like
+from ..losses import TrainingLoss, at_least_fp32, register_loss
 from ..regularizers.base import check_lam
+from ._guided import EpochLam, GuidedAttack, caller_mode_clean_logits, guided_step
 
 __all__ = ["GATAttack", "GATLoss", "gat"]
 
-#: ``ctx.extras`` key: the clean logits the attack computed in the caller's mode (reusable by the training loss).
-CALLER_MODE_LOGITS = "clean_logits_in_caller_mode"
-
 
 # ------------------------------------------------------------------------------------------ kernel
+def _softmax(logits: Tensor) -> Tensor:
+    return at_least_fp32(logits).softmax(1)
+
+
+def _softmax_sq_distance(guide: Tensor, logits: Tensor) -> Tensor:
+    """``Σ_i ‖guide_i − softmax f(x_0)_i‖²`` (the guide is the clean softmax)."""
+    return (guide - _softmax(logits)).pow(2).sum()
+
+
 @kernel
 def gat(
     model: nn.Module,
@@ -77,46 +81,11 @@ def gat(
             and not given.
         loss_fn: per-sample objective replacing the cross-entropy. generator: for the random start.
     """
-    alpha = eps if alpha is None else alpha
-    init = eps / 2 if init is None else init
-    if lam > 0 and guide is None:
-        with torch.no_grad():
-            guide = at_least_fp32(model(x)).softmax(1)
-    x0 = (x + init * random_sign_like(x, generator)).clamp(0.0, 1.0)
-    point = x0.detach().requires_grad_(True)
-    logits = model(point)
-    obj = (loss_fn or cross_entropy)(logits, y)
-    if lam > 0:
-        assert guide is not None
-        # batch sum of the code's batch-mean objective (the sign of the gradient is the same)
-        obj = obj.sum() + lam * (guide.detach() - at_least_fp32(logits).softmax(1)).pow(2).sum()
-    g = input_grad(obj, point)
-    x1 = (x0 + alpha * g.sign()).clamp(0.0, 1.0)
-    return clip_delta(x1 - x, x, eps)
+    return guided_step(model, x, y, eps=eps, alpha=alpha, init=init, lam=lam, guide=guide, guide_of=_softmax,
+                       distance=_softmax_sq_distance, loss_fn=loss_fn, generator=generator)  # fmt: skip
 
 
-# ------------------------------------------------------------------------------------------ shared helpers
-def _flags(model: Any) -> list[bool] | None:
-    return [m.training for m in model.modules()] if isinstance(model, nn.Module) else None
-
-
-@contextmanager
-def _as_flags(model: Any, flags: list[bool] | None) -> Iterator[None]:
-    """Run with every module's ``training`` flag set to ``flags`` (the caller's), restored on exit."""
-    if flags is None or not isinstance(model, nn.Module):
-        yield
-        return
-    modules = list(model.modules())
-    saved = [m.training for m in modules]
-    try:
-        for m, f in zip(modules, flags):
-            m.training = f
-        yield
-    finally:
-        for m, f in zip(modules, saved):
-            m.training = f
-
-
+# ------------------------------------------------------------------------------------------ λ schedule
 def check_milestones(owner: str, milestones: Any) -> tuple[int, ...]:
     """Increasing epoch indices ``>= 0`` (a list from YAML is accepted)."""
     ok = isinstance(milestones, Iterable) and not isinstance(milestones, (str, bytes))
@@ -137,43 +106,7 @@ def check_positive(owner: str, name: str, value: Any) -> float:
     return float(value)
 
 
-def caller_mode_clean_logits(ctx: StepContext) -> Tensor:
-    """Clean logits with their graph for a training loss: the attack's when they ran in the mode the model is in
-    now (a guided attack marks its caller-mode forward), else recomputed in the current mode."""
-    if ctx.clean_logits is None or ctx.extras.get(CALLER_MODE_LOGITS) is not ctx.clean_logits:
-        ctx.forget_stale(ctx.net())  # e.g. an eval-mode FGSM's clean logits during train-mode training
-    return ctx.clean_logits_graph()
-
-
-class _EpochLam:
-    """λ driven by the trainer's epoch hooks: ``lam`` is the base weight (raised by strengthening), ``current_lam``
-    the weight of the current epoch. Without the hooks (a plain loop) ``current_lam`` is ``lam``."""
-
-    lam: float
-    _epoch: int | None
-
-    @property
-    def current_lam(self) -> float:
-        """λ of the current epoch (``lam`` until a trainer hook has set the epoch)."""
-        raise NotImplementedError
-
-    def on_epoch_start(self, epoch: int) -> None:
-        """Trainer hook: the epoch (0-indexed) sets λ."""
-        self._epoch = int(epoch)
-
-    def log_values(self) -> dict[str, float]:
-        """λ of the current epoch, logged per epoch by the trainer."""
-        return {"lam": self.current_lam}
-
-    def _strengthen(self) -> str | None:
-        """Catastrophic overfitting: double λ (a stronger pull towards the clean prediction)."""
-        if self.lam <= 0:
-            return None
-        old, self.lam = self.lam, 2 * self.lam
-        return f"lam {old:g} -> {self.lam:g}"
-
-
-class _MilestoneLam(_EpochLam):
+class _MilestoneLam(EpochLam):
     lam_milestones: tuple[int, ...]
     lam_factor: float
 
@@ -183,80 +116,6 @@ class _MilestoneLam(_EpochLam):
         if self._epoch is None:
             return self.lam
         return self.lam * self.lam_factor ** sum(self._epoch >= m for m in self.lam_milestones)
-
-
-class GuidedAttack(_EpochLam, Attack):
-    """Base of GAT's and NuAT's attacks: one signed step from a ``±init`` Bernoulli start on CE plus λ times a
-    distance to the clean output, the λ term used on odd minibatches of each epoch (see :class:`GATAttack`)."""
-
-    alpha = Magnitude(1.0)
-    init = Magnitude(0.5)
-    _repr_params: ClassVar[tuple[str, ...]] = ("eps", "alpha", "init", "lam")
-    state_attrs: ClassVar[tuple[str, ...]] = ("lam", "_iter", "_epoch")
-
-    def __init__(
-        self,
-        model: nn.Module,
-        eps: float = 8 / 255,
-        alpha: float | None = None,
-        *,
-        init: float | None = None,
-        lam: float = 10.0,
-        alternate: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(model, eps, **kwargs)
-        name = type(self).__name__
-        self.alpha, self.init = alpha, init
-        self.lam = check_lam(name, lam)
-        if not isinstance(alternate, bool):
-            raise RobustfastError(f"{name}(alternate={alternate!r}): True (the code: λ term on odd iterations) or "
-                                  "False (every iteration)")  # fmt: skip
-        self.alternate = alternate
-        self._iter = 0
-        self._epoch: int | None = None
-        self._caller: list[bool] | None = None
-
-    def on_epoch_start(self, epoch: int) -> None:
-        """Trainer hook: the epoch sets λ, and the iteration counter restarts (the code resets it every epoch)."""
-        super().on_epoch_start(epoch)
-        self._iter = 0
-
-    @property
-    def randomized(self) -> bool:
-        """The Bernoulli start draws random signs (unless ``init=0``)."""
-        return self.init > 0 or self.target_fn == "random"
-
-    def craft(self, x: Tensor, y: Tensor, *, index: Tensor | None = None, requests: Iterable[str] = ()) -> StepContext:
-        """As :meth:`Attack.craft`; the caller's module modes are remembered for the guide's forward."""
-        self._caller = _flags(self.model)
-        try:
-            return super().craft(x, y, index=index, requests=requests)
-        finally:
-            self._caller = None
-
-    def _guide(self, logits: Tensor) -> Tensor:
-        """The guide the kernel compares to, from detached clean logits."""
-        raise NotImplementedError
-
-    def _kernel(self, x: Tensor, y: Tensor, lam: float, guide: Tensor | None) -> Tensor:
-        raise NotImplementedError
-
-    def perturb(self, x: Tensor, y: Tensor, ctx: StepContext) -> Tensor:
-        """The guided step; the clean forward (the guide) runs in the caller's mode and is published in ``ctx``."""
-        use = not self.alternate or self._iter % 2 == 1
-        self._iter += 1
-        lam = self.current_lam if use else 0.0
-        keep = ctx.wants("clean_logits")  # a clean-input training loss will reuse this forward
-        guide = None
-        if lam > 0 or keep:
-            with _as_flags(self.model, self._caller), torch.set_grad_enabled(keep):
-                logits = self.get_logits(x)
-            if keep:
-                ctx.clean_logits = logits
-                ctx.extras[CALLER_MODE_LOGITS] = logits
-            guide = self._guide(logits.detach())
-        return x + self._kernel(x, y, lam, guide)
 
 
 # ------------------------------------------------------------------------------------------ classes
@@ -316,12 +175,8 @@ class GATAttack(_MilestoneLam, GuidedAttack):
         self.lam_milestones = check_milestones(type(self).__name__, lam_milestones)
         self.lam_factor = check_positive(type(self).__name__, "lam_factor", lam_factor)
 
-    def _guide(self, logits: Tensor) -> Tensor:
-        return at_least_fp32(logits).softmax(1)
-
-    def _kernel(self, x: Tensor, y: Tensor, lam: float, guide: Tensor | None) -> Tensor:
-        return gat(self.get_logits, x, y, eps=self.eps, alpha=self.alpha, init=self.init, lam=lam, guide=guide,
-                   loss_fn=self.objective, generator=self.rng.get(x.device))  # fmt: skip
+    guide_of = staticmethod(_softmax)
+    distance = staticmethod(_softmax_sq_distance)
 
 
 @register_loss("gat")

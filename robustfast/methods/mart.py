@@ -29,9 +29,8 @@ from torch import Tensor, nn
 from ..attacks.base import Attack, GradFn, LossFn, Magnitude, kernel, loss_grad_fn, register_attack
 from ..context import StepContext
 from ..errors import RobustfastError
-from ..losses import TrainingLoss, at_least_fp32, register_loss
-from ..ops import clip_delta
-from .trades import _ALPHA_REL, _check_beta, _check_std
+from ..losses import at_least_fp32, register_loss
+from ._gaussian_pgd import ALPHA_REL, BetaLoss, check_std, check_steps, gaussian_pgd
 
 __all__ = ["MARTAttack", "MARTLoss", "mart_attack", "mart_loss"]
 
@@ -74,16 +73,9 @@ def mart_attack(
     ``alpha`` defaults to ``eps · 0.007/0.031`` (the official ratio); ``loss_fn`` is the per-sample objective to
     ascend (default: cross-entropy). With ``init_std=0`` the first gradient is taken at the clean ``x``.
     """
-    grad = grad_fn or loss_grad_fn(model, x, y, loss_fn)
-    alpha = eps * _ALPHA_REL if alpha is None else alpha
-    delta: Tensor | None = None
-    if init_std > 0:
-        delta = init_std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    for _ in range(steps):
-        start = torch.zeros_like(x) if delta is None else delta
-        delta = clip_delta(start + alpha * grad(delta).sign(), x, eps)
-    assert delta is not None
-    return delta.detach()
+    return gaussian_pgd(grad_fn or loss_grad_fn(model, x, y, loss_fn), x, eps=eps,
+                        alpha=eps * ALPHA_REL if alpha is None else alpha, steps=steps, init_std=init_std,
+                        generator=generator)  # fmt: skip
 
 
 @register_attack("mart", "mart_pgd")
@@ -116,7 +108,7 @@ class MARTAttack(Attack):
             ``check_range``, ``targeted``, ``target_fn`` (see :class:`Attack`).
     """
 
-    alpha = Magnitude(_ALPHA_REL)
+    alpha = Magnitude(ALPHA_REL)
     _repr_params: ClassVar[tuple[str, ...]] = ("eps", "alpha", "steps", "init_std")
 
     def __init__(
@@ -130,10 +122,8 @@ class MARTAttack(Attack):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, eps, **kwargs)
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise RobustfastError(f"MARTAttack(steps={steps!r}): must be an integer >= 1 (official: 10)")
-        self.alpha, self.steps = alpha, steps
-        self.init_std = _check_std("MARTAttack", init_std)
+        self.alpha, self.steps = alpha, check_steps("MARTAttack", steps)
+        self.init_std = check_std("MARTAttack", init_std)
 
     @property
     def randomized(self) -> bool:
@@ -148,7 +138,7 @@ class MARTAttack(Attack):
 
 
 @register_loss("mart")
-class MARTLoss(TrainingLoss):
+class MARTLoss(BetaLoss):
     r"""MART's training loss: BCE on ``x_adv`` + β · mean[KL(p(x) ‖ p(x_adv)) · (1 − p_y(x))], as the official code.
 
     * BCE: ``CE(f(x_adv), y) − mean_i log(1.0001 − p'_{i,ŷ_i} + 1e-12)`` with ``ŷ_i`` the most likely wrong class
@@ -168,11 +158,6 @@ class MARTLoss(TrainingLoss):
     """
 
     requests = frozenset({"clean_logits"})
-    state_attrs: ClassVar[tuple[str, ...]] = ("beta",)
-    _repr_params: ClassVar[tuple[str, ...]] = ("beta",)
-
-    def __init__(self, beta: float = 6.0) -> None:
-        self.beta = _check_beta("MARTLoss", beta)
 
     def forward(self, ctx: StepContext) -> Tensor:
         """The MART loss on the record (clean logits and the training forward at ``x_adv``)."""
@@ -183,8 +168,3 @@ class MARTLoss(TrainingLoss):
         bce, weighted_kl = _mart_terms(adv, clean, ctx.y)
         ctx.extras["mart_weighted_kl"] = weighted_kl.detach()
         return bce + self.beta * weighted_kl
-
-    def _strengthen(self) -> str | None:
-        old = self.beta
-        self.beta = 2 * old if old > 0 else 1.0
-        return f"beta {old:g} -> {self.beta:g}"

@@ -20,8 +20,6 @@ Nothing is detached in the loss: the gradient flows through both the clean and t
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any, ClassVar
 
 import torch
@@ -31,13 +29,11 @@ from torch import Tensor, nn
 from ..attacks.base import Attack, Magnitude, kernel, register_attack
 from ..context import StepContext
 from ..errors import RobustfastError
-from ..losses import TrainingLoss, at_least_fp32, register_loss
-from ..ops import clip_delta, input_grad
+from ..losses import at_least_fp32, register_loss
+from ..ops import input_grad
+from ._gaussian_pgd import ALPHA_REL, BetaLoss, check_std, check_steps, gaussian_pgd
 
 __all__ = ["TRADESAttack", "TRADESLoss", "trades_attack", "trades_kl"]
-
-#: The official step-to-radius ratio: step 0.007 at ε = 0.031.
-_ALPHA_REL = 0.007 / 0.031
 
 
 def trades_kl(adv_logits: Tensor, clean_logits: Tensor, reduction: str = "batchmean") -> Tensor:
@@ -78,33 +74,18 @@ def trades_attack(
         generator: generator of the Gaussian start (``None``: the global RNG).
         clean_logits: the logits at ``x`` if already computed (the KL target; one forward otherwise).
     """
-    alpha = eps * _ALPHA_REL if alpha is None else alpha
     if clean_logits is None:
         with torch.no_grad():
             clean_logits = model(x)
     target = F.softmax(at_least_fp32(clean_logits.detach()), dim=1)
-    delta = init_std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    for _ in range(steps):
-        point = (x + delta).detach().requires_grad_(True)
+
+    def kl_grad(delta: Tensor | None) -> Tensor:
+        point = (x if delta is None else x + delta).detach().requires_grad_(True)
         logp = F.log_softmax(at_least_fp32(model(point)), dim=1)
-        g = input_grad(F.kl_div(logp, target, reduction="sum"), point)
-        delta = clip_delta(delta + alpha * g.sign(), x, eps)
-    return delta.detach()
+        return input_grad(F.kl_div(logp, target, reduction="sum"), point)
 
-
-def _check_beta(owner: str, beta: Any) -> float:
-    ok = isinstance(beta, numbers.Real) and not isinstance(beta, bool) and math.isfinite(float(beta))
-    if not ok or float(beta) < 0:
-        raise RobustfastError(f"{owner}(beta={beta!r}): beta must be a finite number >= 0 (TRADES and MART use 6)")
-    return float(beta)
-
-
-def _check_std(owner: str, value: Any) -> float:
-    """A non-negative standard deviation in pixel units (``init_std``)."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
-    if not ok or not 0 <= float(value) <= 1:
-        raise RobustfastError(f"{owner}(init_std={value!r}): must be a number in [0, 1] pixel units (official: 0.001)")
-    return float(value)
+    return gaussian_pgd(kl_grad, x, eps=eps, alpha=eps * ALPHA_REL if alpha is None else alpha, steps=steps,
+                        init_std=init_std, generator=generator)  # fmt: skip
 
 
 @register_attack("trades", "tpgd", "trades_kl")
@@ -139,7 +120,7 @@ class TRADESAttack(Attack):
             to the clean prediction.
     """
 
-    alpha = Magnitude(_ALPHA_REL)
+    alpha = Magnitude(ALPHA_REL)
     default_loss_is_ce: ClassVar[bool] = False
     _repr_params: ClassVar[tuple[str, ...]] = ("eps", "alpha", "steps", "init_std")
 
@@ -160,10 +141,8 @@ class TRADESAttack(Attack):
                     "use PGD(model, eps, loss_fn=...) for another objective"
                 )
         super().__init__(model, eps, **kwargs)
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise RobustfastError(f"TRADESAttack(steps={steps!r}): must be an integer >= 1 (official: 10)")
-        self.alpha, self.steps = alpha, steps
-        self.init_std = _check_std("TRADESAttack", init_std)
+        self.alpha, self.steps = alpha, check_steps("TRADESAttack", steps)
+        self.init_std = check_std("TRADESAttack", init_std)
 
     @property
     def randomized(self) -> bool:
@@ -184,7 +163,7 @@ class TRADESAttack(Attack):
 
 
 @register_loss("trades")
-class TRADESLoss(TrainingLoss):
+class TRADESLoss(BetaLoss):
     r"""TRADES's training loss ``CE(f(x), y) + β · KL_batchmean(p(x) ‖ p(x_adv))``, nothing detached.
 
     As the official ``trades_loss``: the cross-entropy on the **clean** logits plus β times the KL divergence
@@ -205,11 +184,6 @@ class TRADESLoss(TrainingLoss):
     """
 
     requests = frozenset({"clean_logits"})
-    state_attrs: ClassVar[tuple[str, ...]] = ("beta",)
-    _repr_params: ClassVar[tuple[str, ...]] = ("beta",)
-
-    def __init__(self, beta: float = 6.0) -> None:
-        self.beta = _check_beta("TRADESLoss", beta)
 
     def forward(self, ctx: StepContext) -> Tensor:
         """``CE(f(x), y) + β · KL_batchmean(p(x) ‖ p(x_adv))``."""
@@ -219,8 +193,3 @@ class TRADESLoss(TrainingLoss):
         kl = trades_kl(adv, clean, "batchmean")
         ctx.extras["trades_kl"] = kl.detach()
         return F.cross_entropy(at_least_fp32(clean), ctx.y) + self.beta * kl
-
-    def _strengthen(self) -> str | None:
-        old = self.beta
-        self.beta = 2 * old if old > 0 else 1.0
-        return f"beta {old:g} -> {self.beta:g}"

@@ -8,7 +8,6 @@ that suggests close matches.
 from __future__ import annotations
 
 import fnmatch
-import inspect
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, TypeVar
 
 from torch import Tensor, nn
 
+from .._checks import check_kwargs
 from .._io import read_torch_file
 from .._registry import Registry
 from ..errors import RobustfastError
@@ -121,7 +121,7 @@ def create(
                 f"No pretrained weights are distributed for {name!r}: train it, or pass checkpoint='path/to/"
                 "state_dict.pt' (robustfast checkpoints) or use a 'timm:' model for hub weights."
             )
-        _check_kwargs(entry, kwargs, name)
+        check_kwargs(entry, kwargs, f"model {name!r}", reserved=("num_classes", "in_chans"))
         net = entry(num_classes=num_classes, in_chans=in_chans, **kwargs)
     model = net if stats is None else nn.Sequential(OrderedDict(normalize=Normalize(*stats), model=net))
     if checkpoint is not None:
@@ -146,16 +146,6 @@ def _unknown_model(name: str) -> None:
         if hint and msg.startswith(head):  # the timm hint first: it is most likely what was meant
             msg = head + hint + msg[len(head) :]
         raise RobustfastError(msg) from None
-
-
-def _check_kwargs(entry: Callable[..., nn.Module], kwargs: Mapping[str, Any], name: str) -> None:
-    params = inspect.signature(entry).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    unknown = sorted(set(kwargs) - set(params))
-    if unknown:
-        accepted = [p for p in params if p not in ("num_classes", "in_chans")]
-        raise RobustfastError(f"{name!r} got unknown option(s) {unknown}; it accepts {accepted}")
 
 
 def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:

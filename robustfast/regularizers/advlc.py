@@ -13,7 +13,7 @@ import math
 
 from torch import Tensor, nn
 
-from ..context import StepContext
+from ..context import CLEAN_POINT, CLEAN_POINT_LOGITS, CLEAN_POINT_NET, StepContext
 from ..errors import RobustfastError
 from ..losses import at_least_fp32
 from ..modes import policy_matches
@@ -76,11 +76,11 @@ class AdvLC(Regularizer):
         one forward here.
         """
         za = ctx.adv_logits_graph(model)
-        point = ctx.extras.get("clean_point")
+        point = ctx.extras.get(CLEAN_POINT)
         if point is None:
             return advlc_topk(za, ctx.clean_logits_graph(model), self.k(za.numel()))
         net = ctx.net(model)
-        zc = ctx.extras.get("clean_point_logits")
-        if zc is None or ctx.extras.get("clean_point_net") is not net or not policy_matches(net, ctx.attack_mode):
+        zc = ctx.extras.get(CLEAN_POINT_LOGITS)
+        if zc is None or ctx.extras.get(CLEAN_POINT_NET) is not net or not policy_matches(net, ctx.attack_mode):
             zc = net(point)
         return advlc_topk(za, zc, self.k(za.numel()))

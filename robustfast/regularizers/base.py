@@ -69,7 +69,7 @@ def create_regularizer(name: str, **kwargs: Any) -> Regularizer:
     Unknown keyword arguments raise a :class:`RobustfastError` that lists the accepted ones.
     """
     cls = REGULARIZERS.get(name)
-    check_kwargs(cls, kwargs, f"regularizer {name!r}")
+    check_kwargs(cls, kwargs, f"regularizer {name!r} ({cls.__name__})")
     return cls(**kwargs)
 
 

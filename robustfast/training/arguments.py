@@ -3,7 +3,6 @@ so nothing fails in epoch 1; the wording comes from :mod:`robustfast._checks`.""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .._checks import check_bool, check_choice, check_int, check_number
 from ..attacks.base import Attack
 from ..component import Component
 from ..errors import RobustfastError
@@ -23,11 +23,7 @@ from .co_guard import COGuard
 __all__ = ["check_trainer_args"]
 
 
-def _number(name: str, v: Any, lo: float, hi: float = math.inf, *, lo_open: bool = False) -> None:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    if not ok or v < lo or v > hi or (lo_open and v == lo):
-        rng = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{']' if hi != math.inf else ')'}"
-        raise RobustfastError(f"AdversarialTrainer({name}={v!r}): must be a number in {rng}")
+OWNER = "AdversarialTrainer"
 
 
 def check_trainer_args(a: dict[str, Any]) -> None:
@@ -70,16 +66,13 @@ def check_trainer_args(a: dict[str, Any]) -> None:
     elif sched is not None and not callable(sched):
         raise RobustfastError("AdversarialTrainer(lr_schedule=...): pass f(t, epochs) -> lr or a torch LRScheduler")
     for name in ("lr", "weight_decay", "momentum"):
-        _number(name, a[name], 0.0, lo_open=name == "lr")
+        check_number(OWNER, name, a[name], 0.0, lo_open=name == "lr")
     warm = a["eps_warmup"]
     if not callable(warm):
-        _number("eps_warmup", warm, 0.0)
-    if not isinstance(a["verbose"], bool) or not isinstance(a["progress"], bool):
-        raise RobustfastError("AdversarialTrainer(progress=..., verbose=...): True or False")
-    if a["eps_warmup_target"] not in ("all", "eps", "step"):
-        raise RobustfastError(
-            f"AdversarialTrainer(eps_warmup_target={a['eps_warmup_target']!r}): choose 'all', 'eps' or 'step'"
-        )
+        check_number(OWNER, "eps_warmup", warm, 0.0)
+    for name in ("progress", "verbose", "channels_last", "compile"):
+        check_bool(OWNER, name, a[name])
+    check_choice(OWNER, "eps_warmup_target", a["eps_warmup_target"], ("all", "eps", "step"))
     if warm and attack is None:
         raise RobustfastError("AdversarialTrainer(eps_warmup=...): there is no attack to warm up (attack=None)")
     if a["attack_bn_mode"] is not None:
@@ -93,15 +86,12 @@ def check_trainer_args(a: dict[str, Any]) -> None:
     plugins = a["plugins"]
     if isinstance(plugins, Component) or not all(isinstance(p, Component) for p in plugins):
         raise RobustfastError("AdversarialTrainer(plugins=...): pass a sequence of Component objects (e.g. [AWP(...)])")
-    _number("label_smoothing", a["label_smoothing"], 0.0, 1.0)
-    if a["label_smoothing"] >= 1.0:
-        raise RobustfastError("AdversarialTrainer(label_smoothing=1.0): must be < 1")
+    check_number(OWNER, "label_smoothing", a["label_smoothing"], 0.0, 1.0, hi_open=True)
     if a["criterion"] is not None and a["label_smoothing"]:
         raise RobustfastError("AdversarialTrainer: label_smoothing applies to the default criterion; put it in yours")
     if a["grad_clip"] is not None:
-        _number("grad_clip", a["grad_clip"], 0.0, lo_open=True)
-    if a["amp"] not in (None, "bf16", "fp16"):
-        raise RobustfastError(f"AdversarialTrainer(amp={a['amp']!r}): choose None, 'bf16' or 'fp16'")
+        check_number(OWNER, "grad_clip", a["grad_clip"], 0.0, lo_open=True)
+    check_choice(OWNER, "amp", a["amp"], (None, "bf16", "fp16"))
     parts = [*regs, *([crit] if isinstance(crit, TrainingLoss) else [])]
     if a["compile"] and any(getattr(r, "needs_double_backward", False) for r in parts):
         raise RobustfastError(
@@ -133,5 +123,4 @@ def check_trainer_args(a: dict[str, Any]) -> None:
     for name in ("checkpoint_dir", "log_dir"):
         if a[name] is not None and not isinstance(a[name], (str, Path)):
             raise RobustfastError(f"AdversarialTrainer({name}=...): a path, got {type(a[name])}")
-    if a["seed"] is not None and (isinstance(a["seed"], bool) or not isinstance(a["seed"], int)):
-        raise RobustfastError(f"AdversarialTrainer(seed={a['seed']!r}): an integer or None")
+    check_int(OWNER, "seed", a["seed"], allow_none=True)

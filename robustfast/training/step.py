@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .._checks import check_batch
 from ..attacks.base import Attack
-from ..context import StepContext
+from ..context import StepContext, check_requests
 from ..errors import RobustfastError
 from ..losses import TrainingLoss, as_training_loss
 from ..modes import math_attention
@@ -47,10 +47,11 @@ class StepOutput:
 
 
 def step_requests(parts: Iterable[Any]) -> frozenset[str]:
-    """The union of the ``requests`` the training loss and the regularizers declare."""
+    """The union of the ``requests`` the training loss and the regularizers declare (each checked against
+    :data:`~robustfast.context.REQUESTS`: a misspelt request is an error, not a silent recomputation)."""
     out: set[str] = set()
     for p in parts:
-        out |= set(getattr(p, "requests", ()))
+        out |= check_requests(type(p).__name__, getattr(p, "requests", ()))
     return frozenset(out)
 
 
