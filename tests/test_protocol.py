@@ -504,3 +504,37 @@ def test_every_part_strengthens_a_bounded_number_of_times(what: str, part: Compo
         text = " ".join((k.__doc__ or "") for k in type(part).__mro__)
         assert "Strengthening" in text and ("at most" in text or "cap" in text or "up to" in text), what
     assert doc, what
+
+
+def test_a_misnamed_hook_on_a_method_part_is_an_error() -> None:
+    class Typo(rf.FGSM):
+        def on_after_atack(self, ctx):  # meant on_after_attack: would never be called
+            pass
+
+    model = cnn()
+    with pytest.raises(
+        rf.RobustfastError,
+        match=r"Typo\.on_after_atack is named like a hook but is not one; did you mean 'on_after_attack'",
+    ):
+        AdversarialTrainer(model, Typo(model, EPS), progress=False)
+
+
+def test_the_typed_callback_base_calls_only_what_a_subclass_overrides(digits) -> None:
+    from robustfast.training import Callback, HookSet
+
+    seen = []
+
+    class EndsOnly(Callback):
+        def on_epoch_end(self, epoch: int) -> None:
+            seen.append(epoch)
+
+    hooks = HookSet()
+    hooks.add(EndsOnly(), strict=True)
+    assert [h for h, fns in hooks._table().items() if fns] == ["on_epoch_end"]  # the no-op hooks are not bound
+    with pytest.raises(rf.RobustfastError, match="implements none of the hook points"):
+        hooks.add(Callback(), strict=True)
+    xtr, ytr, *_ = digits
+    model = cnn()
+    AdversarialTrainer(model, rf.FGSM(model, EPS), callbacks=[EndsOnly()], val_attack=None, progress=False,
+                       verbose=False).fit(indexed_loader(xtr[:128], ytr[:128]), 2)  # fmt: skip
+    assert seen == [0, 1]

@@ -20,7 +20,7 @@ from ..regularizers.base import Regularizer
 from .averaging import EMA, SWA
 from .co_guard import COGuard
 
-__all__ = ["check_trainer_args"]
+__all__ = ["check_train_loader", "check_trainer_args"]
 
 
 OWNER = "AdversarialTrainer"
@@ -124,3 +124,25 @@ def check_trainer_args(a: dict[str, Any]) -> None:
         if a[name] is not None and not isinstance(a[name], (str, Path)):
             raise RobustfastError(f"AdversarialTrainer({name}=...): a path, got {type(a[name])}")
     check_int(OWNER, "seed", a["seed"], allow_none=True)
+
+
+def check_train_loader(model: nn.Module, loader: Any) -> None:
+    """``fit``'s loader: a last training batch of one example fails inside a ``BatchNorm1d`` (train mode), so it is
+    refused before training, naming the fix.
+
+    (2-d BatchNorm fails only on 1×1 maps, which cannot be told before a forward; the step names that case.)
+    """
+    has_bn = any(isinstance(m, nn.BatchNorm1d) and m.training for m in model.modules())
+    bs, sampler = getattr(loader, "batch_size", None), getattr(loader, "sampler", None)
+    if not has_bn or not isinstance(bs, int) or getattr(loader, "drop_last", True) or sampler is None:
+        return
+    try:
+        n = len(sampler)
+    except TypeError:
+        return
+    if n % bs == 1:
+        raise RobustfastError(
+            f"fit(train_loader): {n} training examples in batches of {bs} leave a last batch of one example, which "
+            "BatchNorm cannot normalize in train mode; build the loader with drop_last=True (command line: "
+            "drop_last: true in --config) or choose another batch size"
+        )

@@ -6,7 +6,8 @@ the regularizers and the plugins are :class:`~robustfast.component.Component` ob
 declare their needs and their response to catastrophic overfitting, and join the loop through hooks. Everything
 else is a part of its own: the guard's policy (:mod:`~robustfast.training.rollback`), the progress bar, the epoch
 line and the history files (:mod:`~robustfast.training.loggers`), checkpoints
-(:class:`~robustfast.training.checkpoint.Checkpointer`), averaging, schedules and DDP.
+(:class:`~robustfast.training.checkpoint.Checkpointer`) and the state they hold (:mod:`~robustfast.training.state`),
+argument checks (:mod:`~robustfast.training.arguments`), averaging, schedules and DDP.
 """
 
 from __future__ import annotations
@@ -31,23 +32,22 @@ from ..errors import RobustfastError
 from ..losses import CrossEntropy, TrainingLoss, as_training_loss
 from ..modes import ModePolicy, math_attention, model_mode, resolve_policy
 from ..regularizers.base import Regularizer
+from .arguments import check_train_loader, check_trainer_args
 from .averaging import EMA, SWA
 from .callbacks import HookSet, check_callbacks
-from .checkpoint import Checkpointer, capture_rng, load_checkpoint, restore_rng
+from .checkpoint import Checkpointer, load_checkpoint
 from .co_guard import COGuard
-from .distributed import all_reduce_sum, gather, is_distributed, rank, sync_buffers, world_size, wrap_ddp
+from .distributed import all_reduce_sum, is_distributed, rank, sync_buffers, wrap_ddp
 from .history import History
 from .loggers import EpochLogger, HistoryWriter, ProgressBar
 from .rollback import GuardPolicy
 from .schedules import Cyclic, LinearWarmup, Schedule, build_scheduler
+from .state import check_state, gather_ranks, load_trainer_state, own_rank, trainer_state
 from .step import StepOutput, craft, needs_double_backward, step_losses, step_requests
 
 __all__ = ["AdversarialTrainer"]
 
 ScheduleFn = Callable[[float, float], float]
-FORMAT = 3
-#: The parts of a trainer state that differ between DDP ranks (each rank saves and restores its own).
-PER_RANK = ("components", "rng")
 
 
 class AdversarialTrainer:
@@ -144,8 +144,6 @@ class AdversarialTrainer:
         seed: int | None = None,
         device: torch.device | str | None = None,
     ) -> None:
-        from .arguments import check_trainer_args
-
         check_trainer_args(locals())
         self.model = model
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -270,7 +268,7 @@ class AdversarialTrainer:
                 f"total (as resume does); call fit(loader, {self.epoch + epochs}) to train {epochs} more, or build a "
                 "new trainer (and model) to train again from the start"
             )
-        self._check_last_batch(train_loader)
+        check_train_loader(self.model, train_loader)
         self.train_loader, self.should_stop, self.batches_per_epoch = train_loader, False, n_batches
         if not isinstance(self.lr_schedule, LRScheduler):
             self.scheduler = build_scheduler(self.lr_schedule, self.optimizer, n_batches * self.replays, epochs)
@@ -438,15 +436,7 @@ class AdversarialTrainer:
             out[f"{prefix}robust_acc"] = robust / n
         return out
 
-    # ------------------------------------------------------------------ state
-    def _component_slots(self) -> dict[str, Component | None]:
-        slots: dict[str, Component | None] = {"attack": self.attack, "criterion": self.criterion}
-        slots.update({f"regularizer{i}": r for i, r in enumerate(self.regularizers)})
-        slots.update({f"plugin{i}": p for i, p in enumerate(self.plugins)})
-        if isinstance(self.val_attack, Attack):
-            slots["val_attack"] = self.val_attack
-        return slots
-
+    # ------------------------------------------------------------------ state (robustfast.training.state)
     def state_dict(self, next_epoch: int | None = None, *, all_ranks: bool = False) -> dict[str, Any]:
         """Everything needed to resume exactly (tensors and plain values only): model, optimizer, scheduler,
         scaler, averagers, guard, every component's own state, history, global and loader RNGs.
@@ -455,31 +445,12 @@ class AdversarialTrainer:
         collective call, what checkpoints use) gathers every rank's under ``"ranks"``, and
         :meth:`load_state_dict` gives each rank its own back.
         """
-        comps = {k: None if c is None else {"class": type(c).__name__, "state": c.state_dict()}
-                 for k, c in self._component_slots().items()}  # fmt: skip
-        state = {
-            "format": FORMAT,
-            "epoch": self.epoch if next_epoch is None else next_epoch,
-            "step": self.step,
-            "world_size": world_size(),
-            "batches_per_epoch": self.batches_per_epoch,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "lr_scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": self.scaler.state_dict(),
-            "averagers": [{"class": type(a).__name__, "state": a.state_dict()} for a in self.averagers],
-            "co_guard": self.co_guard.state_dict() if self.co_guard is not None else None,
-            "components": comps,
-            "history": self.history.state_dict(),
-            "rng": capture_rng([self.train_loader]),
-        }
-        return self.gather_ranks(state) if all_ranks else state
+        state = trainer_state(self, self.epoch if next_epoch is None else next_epoch)
+        return gather_ranks(state) if all_ranks else state
 
     def gather_ranks(self, state: dict[str, Any]) -> dict[str, Any]:
         """``state`` with every rank's own parts under ``"ranks"`` (a collective call under DDP; unchanged without)."""
-        if not is_distributed():
-            return state
-        return {**state, "ranks": gather({k: state[k] for k in PER_RANK})}
+        return gather_ranks(state)
 
     def snapshot(self, next_epoch: int) -> dict[str, Any]:
         """A deep copy of this rank's :meth:`state_dict` (what the CO guard's policy keeps as the best state)."""
@@ -487,74 +458,7 @@ class AdversarialTrainer:
 
     def load_state_dict(self, state: dict[str, Any], *, load_history: bool = True, load_guard: bool = True) -> None:
         """Restore :meth:`state_dict`; a checkpoint of another set-up is refused with the difference named."""
-        self._check_state(state)
-        if "ranks" in state:
-            state = {**state, **state["ranks"][rank()]}
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError:
-            from ..models.factory import weights_mismatch
-
-            why = weights_mismatch(self.model, state["model"])
-            raise RobustfastError(f"the checkpoint's weights do not fit this model ({why}); resume with the model "
-                                  "the run was trained with") from None  # fmt: skip
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state["lr_scheduler"] is not None:
-            self.scheduler.load_state_dict(state["lr_scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        for a, s in zip(self.averagers, state["averagers"]):
-            a.load_state_dict(s["state"], self.model)
-        if load_guard and self.co_guard is not None and state["co_guard"] is not None:
-            self.co_guard.load_state_dict(state["co_guard"])
-        for key, c in self._component_slots().items():
-            saved = state["components"].get(key)
-            if c is not None and saved is not None:
-                c.load_state_dict(saved["state"])
-        if load_history:
-            self.history = History(state["history"])
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        restore_rng(state["rng"], [self.train_loader])
-
-    def _check_state(self, state: Any) -> None:
-        if not isinstance(state, dict) or "model" not in state or "components" not in state:
-            tensors = isinstance(state, dict) and state and all(isinstance(v, Tensor) for v in state.values())
-            what = "a plain model state_dict (weights only)" if tensors else "not a trainer checkpoint"
-            raise RobustfastError(
-                f"this file is {what}; fit(resume=...) needs a checkpoint written by AdversarialTrainer "
-                "(checkpoint_dir/last.pt). To start from saved weights, load them into the model first "
-                "(robustfast.models.load_weights(model, path)) and call fit() without resume"
-            )
-        if state.get("format") != FORMAT:
-            raise RobustfastError(f"checkpoint format {state.get('format')!r} is not {FORMAT}; it was written by "
-                                  "another robustfast version: start a new run")  # fmt: skip
-        saved_world, world = int(state.get("world_size", 1)), world_size()
-        if saved_world != world:
-            raise RobustfastError(
-                f"the checkpoint was written by a run of {saved_world} process(es) and this run has {world}: each "
-                "process's random streams and the per-iteration learning-rate schedule depend on it. Resume with "
-                f"{saved_world} process(es) (torchrun --nproc_per_node={saved_world} ...), or start a new run"
-            )
-        saved_n = int(state.get("batches_per_epoch", 0))
-        if saved_n and self.batches_per_epoch and saved_n != self.batches_per_epoch:
-            raise RobustfastError(
-                f"the checkpoint's run had {saved_n} training batches per epoch and this loader has "
-                f"{self.batches_per_epoch} (another batch size, dataset or number of processes): the per-iteration "
-                "learning-rate schedule would be misaligned. Resume with the loader the run was trained with"
-            )
-        mine = {k: None if c is None else type(c).__name__ for k, c in self._component_slots().items()}
-        saved = {k: None if v is None else v["class"] for k, v in state["components"].items()}
-        if mine != saved:
-
-            def fmt(d: dict[str, Any]) -> str:
-                return ", ".join(f"{k}={v}" for k, v in d.items() if v is not None) or "none"
-
-            raise RobustfastError(f"the checkpoint was saved by another method set-up ({fmt(saved)}) than this "
-                                  f"trainer's ({fmt(mine)}); resume with the same attack, loss, regularizers "
-                                  "and plugins")  # fmt: skip
-        names = [type(a).__name__ for a in self.averagers]
-        if [a["class"] for a in state["averagers"]] != names:
-            raise RobustfastError("the checkpoint has different weight averagers than this trainer "
-                                  f"({[a['class'] for a in state['averagers']]} vs {names})")  # fmt: skip
+        load_trainer_state(self, state, load_history=load_history, load_guard=load_guard)
 
     def _resume(self, resume: bool | str | Path) -> None:
         if resume is True:
@@ -570,31 +474,8 @@ class AdversarialTrainer:
         self.load_state_dict(load_checkpoint(path, map_location=self.device))
         best = path.with_name("best.pt")
         if self.guard_policy is not None and best.is_file():  # the state a rollback returns to
-            state = load_checkpoint(best, map_location=self.device)
-            self._check_state(state)
-            if "ranks" in state:
-                state = {**state, **state.pop("ranks")[rank()]}
-            self.guard_policy.best_state, self.guard_policy.best_changed = state, False
-
-    def _check_last_batch(self, loader: Any) -> None:
-        """A last training batch of one example fails inside a ``BatchNorm1d`` (train mode): say so before training.
-
-        (2-d BatchNorm fails only on 1×1 maps, which cannot be told before a forward; the step names that case.)
-        """
-        has_bn = any(isinstance(m, nn.BatchNorm1d) and m.training for m in self.model.modules())
-        bs, sampler = getattr(loader, "batch_size", None), getattr(loader, "sampler", None)
-        if not has_bn or not isinstance(bs, int) or getattr(loader, "drop_last", True) or sampler is None:
-            return
-        try:
-            n = len(sampler)
-        except TypeError:
-            return
-        if n % bs == 1:
-            raise RobustfastError(
-                f"fit(train_loader): {n} training examples in batches of {bs} leave a last batch of one example, "
-                "which BatchNorm cannot normalize in train mode; build the loader with drop_last=True (command line: "
-                "drop_last: true in --config) or choose another batch size"
-            )
+            self.guard_policy.best_state = own_rank(check_state(self, load_checkpoint(best, map_location=self.device)))
+            self.guard_policy.best_changed = False
 
     # ------------------------------------------------------------------ helpers
     def say(self, line: str) -> None:
