@@ -22,7 +22,11 @@ by rank 0 first)::
         --lr 0.8 --amp bf16 --checkpoint-dir ckpt --log-dir logs
 
 Several machines: the usual ``torchrun --nnodes=2 --node_rank=... --rdzv_endpoint=host:port ...``. Re-running
-the same command with ``--checkpoint-dir`` resumes from ``last.pt``.
+the same command with ``--checkpoint-dir`` resumes from ``last.pt`` exactly: the checkpoint holds every process's
+own random streams (here each rank's N-FGSM noise generator) and each process gets its own back, so a run killed
+and resumed ends bit for bit where the uninterrupted one would. Resume with the same number of processes and batch
+size (another number is refused, naming it). A ``COGuard`` takes one decision for all ranks (BatchNorm statistics
+synced, counts summed), so a rollback never splits the processes.
 """
 
 from __future__ import annotations

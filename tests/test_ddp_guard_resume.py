@@ -180,3 +180,38 @@ def test_a_different_number_of_processes_is_refused(tmp_path: Path) -> None:
                             val_attack=None, progress=False, verbose=False, **_method(model, 0))  # fmt: skip
     with pytest.raises(rf.RobustfastError, match=r"2 process\(es\) and this run has 1.*--nproc_per_node=2"):
         tr.fit(_loader(0, 1, n=128), EPOCHS, resume=True)
+
+
+# ------------------------------------------------------------------------------- habits that used to hang
+def _habits_worker(rank: int, init_file: str, out: str, case: str) -> None:
+    _init(rank, init_file)
+    try:
+        xtr, ytr, _, _ = load_digits_tensors(seed=0)
+        model = _model()
+        kw: dict[str, Any] = {"val_attack": None, "progress": False, "verbose": False, "lr": 0.05}
+        if case == "guard_on_rank0":
+            kw["co_guard"] = COGuard(xtr[300:364], ytr[300:364]) if rank == 0 else None
+        elif case == "ckpt_on_rank0":
+            kw["checkpoint_dir"] = out if rank == 0 else None
+            kw["co_guard"] = COGuard(xtr[300:364], ytr[300:364], on_co="rollback")
+        tr = AdversarialTrainer(model, rf.FGSM(model, 0.1), **kw)
+        try:
+            tr.fit(_loader(rank), 2)
+            result = "ok"
+        except rf.RobustfastError as e:
+            result = str(e)
+        torch.save(result, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("case", ["guard_on_rank0", "ckpt_on_rank0"])
+def test_settings_only_rank_0_has_are_handled_not_hung(tmp_path: Path, case: str) -> None:
+    out = tmp_path / "ckpt"
+    mp.spawn(_habits_worker, args=(str(tmp_path / "init"), str(out), case), nprocs=2, join=True)
+    results = [torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1)]
+    if case == "guard_on_rank0":  # refused on every rank, naming the fix
+        assert all("co_guard is set on 1 of 2 processes" in r for r in results), results
+    else:  # rank 1 joins the checkpoints' gathering without writing; rank 0 writes every rank's state
+        assert results == ["ok", "ok"]
+        assert len(rf.training.load_checkpoint(out / "last.pt")["ranks"]) == 2

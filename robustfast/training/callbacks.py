@@ -181,6 +181,10 @@ class HookSet:
             self._keys = keys
         return self._by_hook
 
+    def __iter__(self) -> Iterator[object]:
+        """The registered objects, in registration order."""
+        return iter([o for o, _ in self._entries.values()])
+
     def __contains__(self, obj: object) -> bool:
         return any(o is obj for o, _ in self._entries.values())
 

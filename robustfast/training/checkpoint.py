@@ -97,16 +97,21 @@ class Checkpointer(Callback):
       resumed run rolls back exactly as the uninterrupted one.
 
     Under DDP every rank's own state (its random streams, its method parts' per-rank state) is gathered into the
-    files, and each rank gets its own back on resume.
+    files, and each rank gets its own back on resume. A rank given no folder (``checkpoint_dir`` on rank 0 only)
+    still takes part in the gathering (``checkpoint_dir=None``: it writes nothing).
     """
 
-    def __init__(self, checkpoint_dir: str | Path) -> None:
-        self.dir = Path(checkpoint_dir)
+    def __init__(self, checkpoint_dir: str | Path | None) -> None:
+        self.dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+
+    def _writes(self, trainer: Any) -> bool:
+        return self.dir is not None and trainer.is_main_process
 
     def save_last(self, trainer: Any, next_epoch: int) -> None:
         """Write ``last.pt`` with the state before epoch ``next_epoch`` (a collective call under DDP)."""
         state = trainer.state_dict(next_epoch, all_ranks=True)
-        if trainer.is_main_process:
+        if self._writes(trainer):
+            assert self.dir is not None
             save_checkpoint(state, self.dir / "last.pt")
 
     def save_best(self, trainer: Any) -> None:
@@ -115,7 +120,8 @@ class Checkpointer(Callback):
         if policy is None or not policy.best_changed or policy.best_state is None:
             return
         state = trainer.gather_ranks(policy.best_state)
-        if trainer.is_main_process:
+        if self._writes(trainer):
+            assert self.dir is not None
             save_checkpoint(state, self.dir / "best.pt")
         policy.best_changed = False
 

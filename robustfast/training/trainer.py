@@ -276,6 +276,7 @@ class AdversarialTrainer:
             self._resume(resume)
         elif self.seed is not None and self.epoch == 0:
             torch.manual_seed(self.seed)
+        self._check_ranks_agree(epochs, n_batches)
         self._train_model = self._build_train_model()
         self.hooks.call("on_fit_start", trainer=self, epochs=epochs)
         with self._attack_mode():
@@ -407,6 +408,29 @@ class AdversarialTrainer:
         self.history.append(record)
         self.hooks.call("on_epoch_end", trainer=self, epoch=self.epoch, record=record)
         return False
+
+    def _check_ranks_agree(self, epochs: int, n_batches: int) -> None:
+        """Under DDP: the settings every rank must share for the collectives to line up (a mismatch would hang in a
+        collective); a rank without ``checkpoint_dir`` while another has one still joins the checkpoints' gathering."""
+        if not is_distributed():
+            return
+        mine = [1.0, float(self.co_guard is not None), float(self.checkpoint_dir is not None), float(epochs),
+                float(n_batches), float(self.replays)]  # fmt: skip
+        total = all_reduce_sum(mine, self.device)
+        n = total[0]
+        if total[1] not in (0.0, n):
+            raise RobustfastError(
+                f"co_guard is set on {total[1]:.0f} of {n:.0f} processes; pass the same COGuard (the same held-out "
+                "batch) on every process: each checks its share and they decide together"
+            )
+        for i, what in ((3, "fit(epochs=...)"), (4, "training batches per epoch"), (5, "the attack's replays")):
+            if total[i] != n * mine[i]:
+                raise RobustfastError(
+                    f"the processes disagree on {what} (this one: {mine[i]:g}); every process must train the same "
+                    "number of steps (use a DistributedSampler with drop_last=True on the training loader)"
+                )
+        if total[2] and self.checkpoint_dir is None and not any(isinstance(o, Checkpointer) for o in self.hooks):
+            self.hooks.add(Checkpointer(None))  # joins the gathering of per-rank state; writes nothing
 
     def warming_up(self, t: float, epochs: int) -> bool:
         """Whether the ε warm-up is still below the full ε at (fractional) epoch ``t``."""
