@@ -64,10 +64,12 @@ def check_number(
     lo_open: bool = False,
     hi_open: bool = False,
     allow_none: bool = False,
+    hint: str = "",
 ) -> float | None:
     """A finite real number in the interval ``lo..hi`` (ends open or closed), as a float; ``None`` when allowed.
 
-    The error reads ``Owner(name=value): must be a number in (lo, hi]``.
+    The error reads ``Owner(name=value): must be a number in (lo, hi]`` and then ``hint`` (what the value means,
+    the papers' value...) when given.
     """
     if value is None and allow_none:
         return None
@@ -81,14 +83,22 @@ def check_number(
         left = "(" if lo_open or lo == -math.inf else "["
         right = ")" if hi_open or hi == math.inf else "]"
         none = " or None" if allow_none else ""
-        raise RobustfastError(f"{owner}({name}={value!r}): must be a number in {left}{lo:g}, {hi:g}{right}{none}")
+        more = f" ({hint})" if hint else ""
+        raise RobustfastError(f"{owner}({name}={value!r}): must be a number in {left}{lo:g}, {hi:g}{right}{none}{more}")
     return float(value)
 
 
 def check_int(
-    owner: str, name: str, value: Any, lo: int | None = None, hi: int | None = None, *, allow_none: bool = False
+    owner: str,
+    name: str,
+    value: Any,
+    lo: int | None = None,
+    hi: int | None = None,
+    *,
+    allow_none: bool = False,
+    hint: str = "",
 ) -> int | None:
-    """An integer (not a bool) with ``lo <= value <= hi``; ``None`` when allowed."""
+    """An integer (not a bool) with ``lo <= value <= hi``; ``None`` when allowed (``hint``: as :func:`check_number`)."""
     if value is None and allow_none:
         return None
     ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -97,7 +107,8 @@ def check_int(
     if not ok:
         bound = f" >= {lo}" if lo is not None and hi is None else f" in [{lo}, {hi}]" if lo is not None else ""
         none = " or None" if allow_none else ""
-        raise RobustfastError(f"{owner}({name}={value!r}): must be an integer{bound}{none}")
+        more = f" ({hint})" if hint else ""
+        raise RobustfastError(f"{owner}({name}={value!r}): must be an integer{bound}{none}{more}")
     return int(value)
 
 

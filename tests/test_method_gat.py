@@ -209,7 +209,7 @@ def test_preset_loads():
         (lambda m: rf.GATAttack(m, lam=-1.0), "lam must be a finite number >= 0"),
         (lambda m: rf.GATAttack(m, lam_milestones=(5, 3)), "increasing epoch indices"),
         (lambda m: rf.GATAttack(m, lam_milestones=86), "increasing epoch indices"),
-        (lambda m: rf.GATAttack(m, lam_factor=0.0), "lam_factor must be a finite number > 0"),
+        (lambda m: rf.GATAttack(m, lam_factor=0.0), r"lam_factor=0.0\): must be a number in \(0, inf\)"),
         (lambda m: rf.GATAttack(m, alternate="yes"), "alternate"),
         (lambda m: rf.GATAttack(m, init=8.0), "did you mean init=8/255"),
         (lambda m: rf.GATAttack(m, alpha=-0.1), "alpha"),

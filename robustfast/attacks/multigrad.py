@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_int
 from ..context import StepContext
 from ..errors import RobustfastError
 from ..ops import clip_delta, uniform_start
@@ -92,8 +93,7 @@ class MultiGrad(Attack):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, eps, **kwargs)
-        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-            raise RobustfastError(f"MultiGrad(n_samples={n_samples!r}): must be an integer >= 1")
+        check_int("MultiGrad", "n_samples", n_samples, 1)
         agree = n_samples if agree is None else agree
         if isinstance(agree, bool) or not isinstance(agree, int) or not (n_samples + 1) // 2 <= agree <= n_samples:
             raise RobustfastError(

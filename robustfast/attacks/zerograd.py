@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_number
 from ..context import StepContext
 from ..errors import RobustfastError
 from ..ops import bcast, clip_delta, per_sample_quantile, uniform_start
@@ -93,8 +94,7 @@ class ZeroGrad(Attack):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, eps, **kwargs)
-        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 <= q < 1.0:
-            raise RobustfastError(f"ZeroGrad(q={q!r}): q is the fraction zeroed per sample, in [0, 1)")
+        check_number("ZeroGrad", "q", q, 0.0, 1.0, hi_open=True, hint="q is the fraction zeroed per sample")
         if zero_mode not in ("step", "perturbation"):
             raise RobustfastError(f"ZeroGrad(zero_mode={zero_mode!r}): choose 'step' or 'perturbation'")
         self.q, self.alpha, self.zero_mode = float(q), alpha, zero_mode

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from .._checks import check_int
 from ..attacks.base import GradFn
 from ..errors import RobustfastError
 from ..losses import TrainingLoss
@@ -60,9 +61,7 @@ def check_std(owner: str, value: Any) -> float:
 
 def check_steps(owner: str, steps: Any) -> int:
     """A number of steps: an integer ``>= 1``."""
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise RobustfastError(f"{owner}(steps={steps!r}): must be an integer >= 1 (official: 10)")
-    return steps
+    return check_int(owner, "steps", steps, 1, hint="official: 10")  # type: ignore[return-value]
 
 
 class BetaLoss(TrainingLoss):

@@ -22,8 +22,6 @@ linear weights; no biases, no BatchNorm affine parameters), as the official ``di
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, ClassVar
@@ -31,6 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_number
 from ..component import Component, register_plugin
 from ..context import StepContext
 from ..errors import RobustfastError
@@ -68,11 +67,7 @@ def awp_perturbation(weights: list[Tensor], gradients: list[Tensor | None], gamm
 
 
 def _check_gamma(name: str, value: Any) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
-    if not ok or float(value) < 0:
-        raise RobustfastError(f"AWP({name}={value!r}): must be a finite number >= 0 (official: 0.01 for AT, 0.005 "
-                              "for TRADES)")  # fmt: skip
-    return float(value)
+    return check_number("AWP", name, value, 0.0, hint="official: 0.01 for AT, 0.005 for TRADES")  # type: ignore[return-value]
 
 
 @register_plugin("awp")

@@ -22,9 +22,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_int
 from ..attacks.base import Attack, GradFn, LossFn, Magnitude, kernel, loss_grad_fn, register_attack
 from ..context import StepContext
-from ..errors import RobustfastError
 from ..ops import clip_delta
 
 __all__ = ["FreeAT", "free_at"]
@@ -110,9 +110,7 @@ class FreeAT(Attack):
     def __init__(self, model: nn.Module, eps: float = 8 / 255, m: int = 8, *, step: float | None = None,
                  **kwargs: Any) -> None:  # fmt: skip
         super().__init__(model, eps, **kwargs)
-        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-            raise RobustfastError(f"FreeAT(m={m!r}): m is the number of replays per minibatch, an integer >= 1 "
-                                  "(official: 8)")  # fmt: skip
+        check_int("FreeAT", "m", m, 1, hint="m is the number of replays per minibatch; official: 8")
         self.m, self.step = m, step
         self.delta: Tensor | None = None
         self._standalone = False

@@ -28,13 +28,13 @@ reuses it instead of a second clean forward), and runs its own forward in its ``
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_number
 from ..attacks.base import LossFn, kernel, register_attack
 from ..context import StepContext
 from ..errors import RobustfastError
@@ -100,10 +100,7 @@ def check_milestones(owner: str, milestones: Any) -> tuple[int, ...]:
 
 def check_positive(owner: str, name: str, value: Any) -> float:
     """A finite number ``> 0``."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    if not ok:
-        raise RobustfastError(f"{owner}({name}={value!r}): {name} must be a finite number > 0")
-    return float(value)
+    return check_number(owner, name, value, 0.0, lo_open=True)  # type: ignore[return-value]
 
 
 class _MilestoneLam(EpochLam):

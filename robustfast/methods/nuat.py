@@ -22,16 +22,15 @@ four, and we follow the code.
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_number
 from ..attacks.base import LossFn, kernel, register_attack
 from ..context import StepContext
-from ..errors import RobustfastError
 from ..losses import TrainingLoss, at_least_fp32, register_loss
 from ..regularizers.base import check_lam
 from ._guided import EpochLam, GuidedAttack, caller_mode_clean_logits, guided_step
@@ -86,15 +85,8 @@ def nuat(
 
 # ------------------------------------------------------------------------------------------ the λ ramp
 def _check_ramp(owner: str, ramp_epochs: Any) -> float | None:
-    if ramp_epochs is None:
-        return None
-    ok = isinstance(ramp_epochs, (int, float)) and not isinstance(ramp_epochs, bool) and math.isfinite(ramp_epochs)
-    if not ok or ramp_epochs < 0:
-        raise RobustfastError(
-            f"{owner}(ramp_epochs={ramp_epochs!r}): a number of epochs >= 0 (0: no ramp), or None for 90% of the "
-            "run's epochs (the code: 90 of 100)"
-        )
-    return float(ramp_epochs)
+    return check_number(owner, "ramp_epochs", ramp_epochs, 0.0, allow_none=True,
+                        hint="epochs of the ramp, 0: no ramp; None: 90% of the run's epochs")  # fmt: skip
 
 
 class _RampLam(EpochLam):

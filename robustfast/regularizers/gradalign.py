@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import as_magnitude
+from .._checks import as_magnitude, check_number
 from ..context import StepContext
 from ..errors import RobustfastError
 from ..losses import cross_entropy
@@ -98,10 +98,7 @@ class GradAlign(Regularizer):
         eps = as_magnitude("GradAlign", "eps", eps, allow_none=False)
         if estimator not in ("exact", "fd"):
             raise RobustfastError(f"GradAlign(estimator={estimator!r}): choose 'exact' or 'fd'")
-        if fd_step is not None and (
-            isinstance(fd_step, bool) or not isinstance(fd_step, (int, float)) or not 0 < fd_step < float("inf")
-        ):
-            raise RobustfastError(f"GradAlign(fd_step={fd_step!r}): the step must be a finite number > 0")
+        check_number("GradAlign", "fd_step", fd_step, 0.0, lo_open=True, allow_none=True)
         self.eps, self.symmetric, self.clamp_eta = float(eps), bool(symmetric), bool(clamp_eta)
         self.estimator = estimator
         self.fd_step = float(fd_step) if fd_step is not None else float(eps)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, get_swa_multi_avg_fn, update_bn
 
-from ..errors import RobustfastError
+from .._checks import check_choice, check_int, check_number
 
 __all__ = ["EMA", "SWA", "recompute_bn"]
 
@@ -78,10 +78,8 @@ class EMA(_Averager):
     name: ClassVar[str] = "ema"
 
     def __init__(self, decay: float = 0.999, start_step: int = 0) -> None:
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
-            raise RobustfastError(f"EMA(decay={decay!r}): decay must be in [0, 1)")
-        if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
-            raise RobustfastError(f"EMA(start_step={start_step!r}): must be an integer >= 0")
+        check_number("EMA", "decay", decay, 0.0, 1.0, hi_open=True)
+        check_int("EMA", "start_step", start_step, 0)
         self.decay, self.start_step = float(decay), start_step
         self.averaged = None
 
@@ -125,15 +123,10 @@ class SWA(_Averager):
         bn_update: Literal["each", "end"] | None = "each",
         bn_batches: int | None = None,
     ) -> None:
-        for name, v in (("start_epoch", start_epoch), ("every_steps", every_steps)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "start_epoch" else 1):
-                raise RobustfastError(f"SWA({name}={v!r}): must be a non-negative (every_steps: positive) integer")
-        if bn_update not in ("each", "end", None):
-            raise RobustfastError(f"SWA(bn_update={bn_update!r}): choose 'each', 'end' or None")
-        if bn_batches is not None and (
-            isinstance(bn_batches, bool) or not isinstance(bn_batches, int) or bn_batches < 1
-        ):
-            raise RobustfastError(f"SWA(bn_batches={bn_batches!r}): must be a positive integer or None")
+        check_int("SWA", "start_epoch", start_epoch, 0)
+        check_int("SWA", "every_steps", every_steps, 1)
+        check_choice("SWA", "bn_update", bn_update, ("each", "end", None))
+        check_int("SWA", "bn_batches", bn_batches, 1, allow_none=True)
         self.start_epoch, self.every_steps = start_epoch, every_steps
         self.bn_update, self.bn_batches = bn_update, bn_batches
         self.averaged = None

@@ -23,21 +23,18 @@ from dataclasses import dataclass
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, MultiStepLR, OneCycleLR
 
+from .._checks import check_number
 from ..errors import RobustfastError
 
 __all__ = ["Constant", "Cyclic", "LinearWarmup", "OneCycle", "Piecewise", "Schedule", "build_scheduler"]
 
 
 def _check_positive(owner: str, name: str, value: float, *, allow_zero: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise RobustfastError(f"{owner}({name}={value!r}): {name} must be a finite number {bound}")
+    check_number(owner, name, value, 0.0, lo_open=not allow_zero)
 
 
 def _check_fraction(owner: str, name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
-        raise RobustfastError(f"{owner}({name}={value!r}): {name} is a fraction of training, in (0, 1)")
+    check_number(owner, name, value, 0.0, 1.0, lo_open=True, hi_open=True, hint=f"{name} is a fraction of training")
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
