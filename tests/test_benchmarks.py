@@ -13,7 +13,7 @@ import pytest
 from robustfast.data import missing_fashion_mnist_files
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ["step_cost", "peers", "aa_overhead", "quality", "gpu_bench", "gradalign_fd"]
+SCRIPTS = ["step_cost", "peers", "aa_overhead", "quality", "gpu_bench", "gradalign_fd", "co_guard", "masking_check"]
 NEEDS_FASHION_MNIST = {"gradalign_fd"}  # their tests take the `fashion_mnist` fixture (skip when it is absent)
 
 
@@ -90,6 +90,20 @@ def test_gradalign_fd_quick(fashion_mnist, outputs):
         assert re.search(rf"^\| {method} \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|$", text, re.M), method
     cos = float(re.search(r"trained fd models: (-?[0-9.]+)", text).group(1))
     assert -1.0 <= cos <= 1.0
+
+
+def test_co_guard_quick(outputs):
+    text = _ok(outputs["co_guard"])
+    assert "final − best checked epoch (guard), worst" in text and "restored at end" in text
+    row = re.search(r"^\| digits \| 0\.2 \| FGSM \| 1 \| (\d) \| (\d) \| ([0-9.]+) \| (\d) \|", text, re.M)
+    assert row is not None, text
+
+
+def test_masking_check_quick(outputs):
+    text = _ok(outputs["masking_check"])
+    for check in ("pgd-50-10", "square", "transfer from PGD-10", "transfer from FGSM-PGI", "pgd-50 @ 0.1"):
+        assert re.search(rf"^\| {check} \| [0-9.]+ ± [0-9.]+ \|", text, re.M) or check.startswith("transfer"), check
+    assert re.search(r"^\| transfer from PGD-10 \| [0-9.]+ ± [0-9.]+ \| — \|$", text, re.M), text
 
 
 def test_every_quality_recipe_builds():
