@@ -52,3 +52,22 @@ def test_cli_quiet_gives_the_same_model(tmp_path: Path) -> None:
     b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_a_callback_added_later_still_feeds_the_history_files(tmp_path: Path) -> None:
+    """The trainer's own writers run after every other callback, also one added with add_callback: what it adds to an
+    epoch's record reaches history.json at that epoch's end."""
+    xtr, ytr, _, _ = load_digits_tensors(seed=0)
+    model = rf.models.create("small_cnn", num_classes=10, in_chans=1, width=8, hidden=32)
+    tr = AdversarialTrainer(model, rf.FGSM(model, 0.1), val_attack=None, progress=False, verbose=False,
+                            log_dir=tmp_path)  # fmt: skip
+
+    class Extra:
+        def on_epoch_end(self, record):
+            record["extra"] = record["epoch"] * 10
+
+    tr.add_callback(Extra())
+    tr.fit(DataLoader(TensorDataset(xtr[:64], ytr[:64]), batch_size=32), 1)
+    import json
+
+    assert json.loads((tmp_path / "history.json").read_text())[0]["extra"] == 10

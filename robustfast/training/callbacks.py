@@ -152,12 +152,15 @@ class HookSet:
 
     def __init__(self) -> None:
         self._entries: OrderedDict[int, tuple[object, dict[str, Callable[[dict[str, Any]], Any]]]] = OrderedDict()
+        self._late: OrderedDict[int, tuple[object, dict[str, Callable[[dict[str, Any]], Any]]]] = OrderedDict()
         self._by_hook: dict[str, list[Callable[[dict[str, Any]], Any]]] = {}
         self._keys: tuple[int, ...] | None = None
 
-    def add(self, obj: object, *, strict: bool = False) -> RemovableHandle:
+    def add(self, obj: object, *, strict: bool = False, last: bool = False) -> RemovableHandle:
         """Register ``obj``'s hook methods; ``strict`` requires at least one (a callback with a typo errs).
 
+        ``last`` puts ``obj`` after every object registered without it, also those added later: the trainer's own
+        displays, history files and checkpoints see what every other callback did to an epoch's record.
         Returns a handle whose ``.remove()`` unregisters ``obj``.
         """
         check_hook_names(obj)
@@ -170,23 +173,27 @@ class HookSet:
             raise RobustfastError(
                 f"callback {obj!r} implements none of the hook points {', '.join(HOOKS)}; check the method names"
             )
-        handle = RemovableHandle(self._entries)
-        self._entries[handle.id] = (obj, bound)
+        entries = self._late if last else self._entries
+        handle = RemovableHandle(entries)
+        entries[handle.id] = (obj, bound)
         return handle
 
+    def _all(self) -> list[tuple[object, dict[str, Callable[[dict[str, Any]], Any]]]]:
+        return [*self._entries.values(), *self._late.values()]
+
     def _table(self) -> dict[str, list[Callable[[dict[str, Any]], Any]]]:
-        keys = tuple(self._entries)
+        keys = (*self._entries, -1, *self._late)
         if keys != self._keys:  # an object was added or removed since the table was built
-            self._by_hook = {h: [b[h] for _, b in self._entries.values() if h in b] for h in (*HOOKS, WRAPPER)}
+            self._by_hook = {h: [b[h] for _, b in self._all() if h in b] for h in (*HOOKS, WRAPPER)}
             self._keys = keys
         return self._by_hook
 
     def __iter__(self) -> Iterator[object]:
-        """The registered objects, in registration order."""
-        return iter([o for o, _ in self._entries.values()])
+        """The registered objects, in calling order."""
+        return iter([o for o, _ in self._all()])
 
     def __contains__(self, obj: object) -> bool:
-        return any(o is obj for o, _ in self._entries.values())
+        return any(o is obj for o, _ in self._all())
 
     def call(self, hook: str, **kwargs: Any) -> None:
         """Call ``hook`` on every registered object that has it."""

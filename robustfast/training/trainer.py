@@ -200,10 +200,10 @@ class AdversarialTrainer:
         for cb in check_callbacks(callbacks):
             self.hooks.add(cb, strict=True)
         for builtin in self._builtin_callbacks():
-            self.hooks.add(builtin)
+            self.hooks.add(builtin, last=True)
 
     def _builtin_callbacks(self) -> list[object]:
-        """The displays and files the arguments ask for (registered after the user's callbacks)."""
+        """The displays and files the arguments ask for (called after every other callback, even one added later)."""
         out: list[object] = []
         if self.progress:
             out.append(ProgressBar())
@@ -430,7 +430,7 @@ class AdversarialTrainer:
                     "number of steps (use a DistributedSampler with drop_last=True on the training loader)"
                 )
         if total[2] and self.checkpoint_dir is None and not any(isinstance(o, Checkpointer) for o in self.hooks):
-            self.hooks.add(Checkpointer(None))  # joins the gathering of per-rank state; writes nothing
+            self.hooks.add(Checkpointer(None), last=True)  # joins the gathering of per-rank state; writes nothing
 
     def warming_up(self, t: float, epochs: int) -> bool:
         """Whether the ε warm-up is still below the full ε at (fractional) epoch ``t``."""
