@@ -4,6 +4,7 @@ files and modules named on the command line (``--import``, ``ROBUSTFAST_IMPORT``
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -53,8 +54,8 @@ def split_imports(text: str | None) -> list[str]:
 def import_user_methods(specs: list[str]) -> list[str]:
     """Import user method files (``path/to/file.py``) or modules (``pkg.module``) so their parts register.
 
-    A file is imported as module ``robustfast_user.<stem>`` (once: importing it again is a no-op). Returns the
-    module names imported.
+    A file is imported as module ``robustfast_user.<stem>_<hash of its path>`` (once: importing the same file again
+    is a no-op; two files of the same name in different folders are two modules). Returns the module names.
 
     Raises:
         RobustfastError: a missing file or module, or an exception inside it (named in one line, with the line).
@@ -66,7 +67,8 @@ def import_user_methods(specs: list[str]) -> list[str]:
             if spec.endswith(".py") or path.is_file():
                 if not path.is_file():
                     raise RobustfastError(f"--import {spec}: no such file")
-                name = f"robustfast_user.{path.stem}"
+                digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+                name = f"robustfast_user.{path.stem}_{digest}"
                 if name not in sys.modules:
                     loader_spec = importlib.util.spec_from_file_location(name, path.resolve())
                     if loader_spec is None or loader_spec.loader is None:
