@@ -183,6 +183,42 @@ def summarize(runs: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
     return "\n".join(lines), rows
 
 
+def restore_study(
+    runs: list[dict[str, Any]], tolerances: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03, 0.05, 1.0)
+) -> tuple[str, list[dict[str, Any]]]:
+    """How the end-of-training restore's tolerance trades off, replayed offline on the flag-mode runs.
+
+    A flag-mode run's training does not depend on the guard, and its record holds every epoch's check (FGSM and PGD
+    accuracy on the guard's points, flagged or not) and every epoch's test PGD-20 (the curve). For each tolerance
+    the restore rule is replayed on the checks (best = the highest PGD accuracy of the unflagged checks; restore it
+    when the last check is more than the tolerance below it) and the state the run would end on is scored on the
+    curve: how far below the curve's maximum it ends, on average and at worst, and how many runs end more than
+    3 points below it. Tolerance 1 never restores (the plain last epoch)."""
+    flag_runs = [r for r in runs if r["mode"] == "flag" and len(r["guard"]) == len(r["curve"])]
+    lines = ["| tolerance | runs | restored | end − curve max, mean | end − curve max, worst "
+             "| runs ending > 3 points below the curve max |", "|---|---|---|---|---|---|"]  # fmt: skip
+    rows = []
+    for tol in tolerances:
+        gaps, restored = [], 0
+        for r in flag_runs:
+            best, best_i = -1.0, None
+            for i, (_, p, flagged) in enumerate(r["guard"]):
+                if p is not None and not flagged and p > best:
+                    best, best_i = p, i
+            last = len(r["guard"]) - 1
+            end = best_i if best_i is not None and r["guard"][last][1] < best - tol else last
+            restored += end != last
+            gaps.append(r["curve"][end] - max(r["curve"]))
+        if not gaps:
+            continue
+        row = {"tolerance": tol, "runs": len(gaps), "restored": restored, "mean": statistics.fmean(gaps),
+               "worst": min(gaps), "over_3": sum(g < -0.03 for g in gaps)}  # fmt: skip
+        rows.append(row)
+        lines.append(f"| {'never' if tol >= 1 else f'{tol:g}'} | {len(gaps)} | {restored} | {100 * row['mean']:+.1f} "
+                     f"| {100 * row['worst']:+.1f} | {row['over_3']} |")  # fmt: skip
+    return "\n".join(lines), rows
+
+
 def plot(runs: list[dict[str, Any]], path: Path) -> Path | None:
     """Per-epoch test PGD-20 of every run the guard flagged or restored: unguarded (grey, red where it collapsed)
     and guarded (blue; its epochs include the replayed ones), one panel per (dataset, ε, method)."""
@@ -267,6 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     again = [{k: v for k, v in r.items() if k in job_keys} | {"mode": "rollback"} for r in runs if r["flags"] > 0]
     runs += execute(again)
     table, rows = summarize(runs)
+    study, study_rows = restore_study(runs)
+    table += "\n\nEnd-of-training restore by tolerance, replayed on the flag-mode (unguarded) runs:\n\n" + study
     when = datetime.date.today().isoformat()
     meta = (f"Command: `python benchmarks/co_guard.py {' '.join(argv if argv is not None else sys.argv[1:])}`; "
             f"machine: {machine()} (one thread per worker, {args.workers} workers); date: {when}; "
@@ -274,7 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     print("\n" + table + "\n\n" + meta)
     if out_dir is not None:
         out_dir.with_suffix(".md").write_text(table + "\n\n" + meta + "\n")
-        out_dir.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        record = {"meta": meta, "rows": rows, "restore_study": study_rows}
+        out_dir.with_suffix(".json").write_text(json.dumps(record, indent=1))
         if (png := plot(runs, out_dir.with_name(out_dir.name + "_curves.png"))) is not None:
             print(f"wrote {png}")
 
