@@ -13,6 +13,11 @@ taken at the last epoch end, before anything is restored); then the end-of-train
 run returns when the guard never flagged (a guarded run that is never flagged trains identically: the guard draws no
 training randomness). When the guard flagged anything, the run is trained again with ``on_co="rollback"``.
 
+The guard's decisions on a flag-mode run are **replayed** from its recorded checks through ``COGuard.judge`` with
+the library's current rules (the run's training never depended on them), so a change of rule re-decides every cached
+run exactly; the rollback reruns carry the rule version they were made with (``GUARD_RULE``) and are redone when
+it changes. Final accuracies in the table are on the curve points (the same points and attack seed as the curve).
+
 Per run: *collapsed* (the unguarded curve fell below half of its best earlier epoch, a best of at least 15%), *ends
 collapsed* (the final model's PGD-20 on the curve points is below half of the curve's best), rollbacks, the
 end-of-training restore, and **final − best checked epoch**: the final model's PGD-20 on the curve points minus the
@@ -65,6 +70,7 @@ def parts(method: str, model: torch.nn.Module, eps: float, seed: int) -> dict[st
 
 METHODS = ("FGSM", "FGSM+GradAlign(λ=0.5)", "FGSM+GradAlign(λ=1.0)", "FGSM+GradAlign(λ=2.0)", "FGSM+ELLE-A", "RS",
            "N-FGSM", "PGD-10")  # fmt: skip
+GUARD_RULE = 2  # version of COGuard's rules the rollback reruns were made with (2: the gap rule needs falling PGD)
 COST = {"PGD-10": 6, "FGSM+GradAlign": 3, "FGSM+ELLE-A": 2.5}
 
 
@@ -122,14 +128,41 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def replay(r: dict[str, Any], restore_tolerance: float = 0.03) -> dict[str, Any]:
+    """A flag-mode run's guard decisions under the library's *current* rules, replayed through
+    :meth:`COGuard.judge` on its recorded checks: its training never depended on them, so this is exactly what the
+    guard would decide now. Returns the number of flags, the best checked epoch (0-based index into the curve) and
+    the epoch a never-flagged run would end on (the end-of-training restore with ``restore_tolerance``)."""
+    guard = COGuard(torch.zeros(1, 1, 1, 1), torch.zeros(1, dtype=torch.long))
+    flags, best_i, last_p = 0, None, None
+    for i, (f, p, _) in enumerate(r["guard"]):
+        if f is None:  # not checked (the ε warm-up)
+            continue
+        c = guard.judge(f, p)
+        flags += c.co
+        best_i = i if c.improved else best_i
+        last_p = p
+    last = len(r["curve"]) - 1
+    restore = best_i is not None and last_p is not None and guard.best_pgd_acc - last_p > restore_tolerance
+    return {"flags": flags, "best_i": best_i, "end_i": best_i if restore else last, "restored": restore}
+
+
 def guarded_runs(runs: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
-    """(dataset, ε, method, seed) -> the guarded result: the rollback rerun when the guard flagged the run, else the
-    flag-mode run itself (identical training, and the same end-of-training restore)."""
-    out = {}
+    """(dataset, ε, method, seed) -> the guarded result, scored on the curve points: the rollback rerun when the
+    current rules flag the run, else the flag-mode run itself (identical training) ending where the end-of-training
+    restore puts it. Each result carries ``final_curve``, ``best_checked`` (the curve at the best checked epoch),
+    ``restored``, ``rollbacks`` and ``curve``."""
+    out: dict[tuple, dict[str, Any]] = {}
     for r in runs:
         k = (r["dataset"], r["eps"], r["method"], r["seed"])
-        if r["mode"] == "rollback" or (r["flags"] == 0 and k not in out):
-            out[k] = r
+        if r["mode"] == "rollback" and r.get("guard_rule") == GUARD_RULE:
+            out[k] = {**r, "restored": r["restored_best_epoch"] is not None}
+        elif r["mode"] == "flag" and k not in out and len(r["guard"]) == len(r["curve"]):
+            rp = replay(r)
+            if rp["flags"] == 0:
+                best = r["curve"][rp["best_i"]] if rp["best_i"] is not None else None
+                out[k] = {**r, "final_curve": r["curve"][rp["end_i"]], "best_checked": best,
+                          "restored": rp["restored"], "rollbacks": 0}  # fmt: skip
     return out
 
 
@@ -166,11 +199,12 @@ def summarize(runs: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
         checked = [g["final_curve"] - g["best_checked"] for g in gs if g["best_checked"] is not None]
         gap_max = min(g["final_curve"] - max(g["curve"] or [g["final_curve"]]) for g in gs)
         row = {"dataset": ds, "eps": eps, "method": method, "seeds": len(rs),
-               "collapsed": sum(P.collapsed(r["curve"]) for r in rs), "flagged": sum(r["flags"] > 0 for r in rs),
+               "collapsed": sum(P.collapsed(r["curve"]) for r in rs),
+               "flagged": sum(replay(r)["flags"] > 0 for r in rs),
                "rollbacks": statistics.fmean(g["rollbacks"] for g in gs),
-               "restored": sum(g["restored_best_epoch"] is not None for g in gs),
+               "restored": sum(g["restored"] for g in gs),
                "ends_collapsed": sum(ends_collapsed(g) for g in gs),
-               "pgd20_unguarded": [r["unguarded_pgd20"] for r in rs], "pgd20_guarded": [g["pgd20"] for g in gs],
+               "pgd20_unguarded": [r["curve"][-1] for r in rs], "pgd20_guarded": [g["final_curve"] for g in gs],
                "worst_vs_checked": min(checked) if checked else None, "worst_vs_max": gap_max}  # fmt: skip
         rows.append(row)
         worst = f"{100 * row['worst_vs_checked']:+.1f}" if checked else "—"
@@ -189,8 +223,8 @@ def restore_study(
     """How the end-of-training restore's tolerance trades off, replayed offline on the flag-mode runs.
 
     A flag-mode run's training does not depend on the guard, and its record holds every epoch's check (FGSM and PGD
-    accuracy on the guard's points, flagged or not) and every epoch's test PGD-20 (the curve). For each tolerance
-    the restore rule is replayed on the checks (best = the highest PGD accuracy of the unflagged checks; restore it
+    accuracy on the guard's points) and every epoch's test PGD-20 (the curve). For each tolerance the guard is
+    replayed on the checks (:func:`replay`: best = the highest PGD accuracy of the unflagged checks; restore it
     when the last check is more than the tolerance below it) and the state the run would end on is scored on the
     curve: how far below the curve's maximum it ends, on average and at worst, and how many runs end more than
     3 points below it. Tolerance 1 never restores (the plain last epoch)."""
@@ -201,14 +235,9 @@ def restore_study(
     for tol in tolerances:
         gaps, restored = [], 0
         for r in flag_runs:
-            best, best_i = -1.0, None
-            for i, (_, p, flagged) in enumerate(r["guard"]):
-                if p is not None and not flagged and p > best:
-                    best, best_i = p, i
-            last = len(r["guard"]) - 1
-            end = best_i if best_i is not None and r["guard"][last][1] < best - tol else last
-            restored += end != last
-            gaps.append(r["curve"][end] - max(r["curve"]))
+            rp = replay(r, tol)
+            restored += rp["restored"]
+            gaps.append(r["curve"][rp["end_i"]] - max(r["curve"]))
         if not gaps:
             continue
         row = {"tolerance": tol, "runs": len(gaps), "restored": restored, "mean": statistics.fmean(gaps),
@@ -227,9 +256,9 @@ def plot(runs: list[dict[str, Any]], path: Path) -> Path | None:
     for r in sorted((r for r in runs if r["mode"] == "flag"), key=lambda r: r["seed"]):
         k = (r["dataset"], r["eps"], r["method"], r["seed"])
         g = guarded.get(k)
-        if g is not None and (r["flags"] or g["restored_best_epoch"] is not None):
+        if g is not None and (g["mode"] == "rollback" or g["restored"]):
             lines = [(r["curve"], "tab:red" if P.collapsed(r["curve"]) else "tab:gray", 0.7)]
-            if g is not r:
+            if g["mode"] == "rollback":
                 lines.append((g["curve"], "tab:blue", 0.8))
             panels.setdefault(k[:3], []).extend(lines)
     if not panels:
@@ -300,7 +329,8 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     runs = execute(jobs)
     job_keys = set().union(*jobs)  # a run's result holds its job's fields (eps_warmup only where there is one)
-    again = [{k: v for k, v in r.items() if k in job_keys} | {"mode": "rollback"} for r in runs if r["flags"] > 0]
+    again = [{k: v for k, v in r.items() if k in job_keys} | {"mode": "rollback", "guard_rule": GUARD_RULE}
+             for r in runs if r["mode"] == "flag" and replay(r)["flags"] > 0]  # fmt: skip
     runs += execute(again)
     table, rows = summarize(runs)
     study, study_rows = restore_study(runs)

@@ -7,8 +7,12 @@ clean point, step ε) and PGD (``pgd_steps`` steps, α = ε/4, seeded random sta
 :func:`robustfast.evaluation.fgsm_pgd_gap`. CO is flagged when
 
 * **a sudden drop**: PGD accuracy fell more than ``drop`` below the best seen (Wong et al.'s rule: 0.2);
-* **a large gap**: FGSM accuracy exceeds PGD accuracy by more than ``gap`` (GradAlign §2.5(c): at CO, FGSM
-  accuracy jumps while PGD accuracy collapses; before CO both are close);
+* **a large gap while PGD accuracy falls**: FGSM accuracy exceeds PGD accuracy by more than ``gap`` (GradAlign
+  §2.5(c): at CO, FGSM accuracy jumps while PGD accuracy collapses) *and* PGD accuracy is more than ``tolerance``
+  (0 when ``None``) below its best, or nothing robust was checked yet (CO from the start, e.g. FGSM at a large ε
+  right after the warm-up). Otherwise a large gap alone is not CO: at a large ε a healthy single-step run (RS on
+  Fashion-MNIST at ε = 0.3) keeps FGSM accuracy 0.3–0.5 above PGD accuracy while PGD accuracy still rises
+  every epoch, and rolling it back to an earlier, less robust state can only lose;
 * **a gradual collapse**: for ``patience`` consecutive checks, PGD accuracy stayed more than ``tolerance`` below
   its best *and* the FGSM−PGD gap stayed more than ``tolerance`` above the gap at the best check. Both together
   are CO's signature; an ordinary dip (a high learning rate, noise) lowers FGSM and PGD accuracy together.
@@ -81,7 +85,8 @@ class COGuard:
         y: their labels.
         eps: radius of the FGSM/PGD probes (default ``None``: the training attack's ε).
         drop: CO when PGD accuracy falls this much below its best (default 0.2, Wong et al.).
-        gap: CO when FGSM accuracy exceeds PGD accuracy by this much (default 0.3; ``None`` disables).
+        gap: CO when FGSM accuracy exceeds PGD accuracy by this much while PGD accuracy is more than ``tolerance``
+            below its best or no check has had PGD accuracy above 0 yet (default 0.3; ``None`` disables).
         tolerance: margin of the gradual-collapse rule (default 0.05; ``None`` disables the rule).
         patience: consecutive checks the gradual-collapse rule needs (default 2).
         every_steps: also check every this many batches, aborting the epoch on CO (only with ``on_co``
@@ -170,13 +175,25 @@ class COGuard:
         """
         eps = self.eps if self.eps is not None else eps
         f, p = self._measure(model, eps, device)
+        return self.judge(f, p, update=update)
+
+    def judge(self, fgsm_acc: float, pgd_acc: float, *, update: bool = True) -> COCheck:
+        """Apply the three rules to one measurement (FGSM and PGD accuracy on the held-out batch) and record it.
+
+        :meth:`check` measures, then judges; calling ``judge`` on recorded measurements replays the guard's
+        decisions exactly (the benchmarks replay flag-mode runs this way). ``update`` as in :meth:`check`.
+        """
+        f, p = float(fgsm_acc), float(pgd_acc)
+        falling = p < self.best_pgd_acc - (self.tolerance or 0.0)
+        no_best = self.best_pgd_acc <= 0.0  # nothing robust checked yet: a large gap alone is CO from the start
         reason = None
         if p < self.best_pgd_acc - self.drop:
             reason = f"PGD accuracy {p:.3f} fell more than {self.drop:g} below its best {self.best_pgd_acc:.3f}"
-        elif self.gap is not None and f - p > self.gap:
-            reason = f"FGSM accuracy {f:.3f} exceeds PGD accuracy {p:.3f} by more than {self.gap:g}"
+        elif self.gap is not None and f - p > self.gap and (falling or no_best):
+            reason = (f"FGSM accuracy {f:.3f} exceeds PGD accuracy {p:.3f} by more than {self.gap:g} while PGD "
+                      f"accuracy is below its best {self.best_pgd_acc:.3f}")  # fmt: skip
         elif self.tolerance is not None:
-            declining = p < self.best_pgd_acc - self.tolerance and f - p > self.best_gap + self.tolerance
+            declining = falling and f - p > self.best_gap + self.tolerance
             streak = self.streak + 1 if declining else 0
             if update:
                 self.streak = streak
