@@ -280,6 +280,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--digits-epochs", type=int, default=P.DIGITS_EPOCHS)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", type=Path, default=None, help="folder of per-run JSON files (reused), plus <out>.md")
+    p.add_argument("--cached-only", action="store_true",
+                   help="train nothing: report the runs in --out's cache (a (dataset, ε, method) row appears once all "
+                        "its seeds are there) and count the runs still to make")  # fmt: skip
     args = p.parse_args(argv)
     if args.quick:
         args.settings, args.methods, args.seeds, args.epochs, args.digits_epochs = (["digits:0.2"], ["FGSM", "RS"],
@@ -310,11 +313,15 @@ def main(argv: list[str] | None = None) -> None:
                 j["key"], j["save_dir"] = key(j), str(out_dir)
             f = out_dir / f"{key(j)}.json" if out_dir is not None else None
             cached = json.loads(f.read_text()) if f is not None and f.is_file() else None
-            if cached is not None and all(cached.get(k) == v for k, v in j.items()):  # same protocol (epochs, ...)
+            same = cached is not None and all(cached.get(k) == v for k, v in j.items() if k != "save_dir")
+            if same:  # the same protocol (epochs, ...), wherever the cache folder is now
                 done.append(cached)
             else:
                 todo.append(j)
         todo.sort(key=lambda j: -COST.get(j["method"].split("(")[0], 1) * (3 if j["dataset"] not in P.DIGITS else 1))
+        if args.cached_only:
+            pending.extend(todo)
+            return done
         with ProcessPoolExecutor(args.workers) as pool:
             for j, r in zip(todo, pool.map(run, todo)):
                 done.append(r)
@@ -327,6 +334,7 @@ def main(argv: list[str] | None = None) -> None:
         return done
 
     t0 = time.perf_counter()
+    pending: list[dict[str, Any]] = []
     runs = execute(jobs)
     job_keys = set().union(*jobs)  # a run's result holds its job's fields (eps_warmup only where there is one)
     again = [{k: v for k, v in r.items() if k in job_keys} | {"mode": "rollback", "guard_rule": GUARD_RULE}
@@ -339,6 +347,10 @@ def main(argv: list[str] | None = None) -> None:
     meta = (f"Command: `python benchmarks/co_guard.py {' '.join(argv if argv is not None else sys.argv[1:])}`; "
             f"machine: {machine()} (one thread per worker, {args.workers} workers); date: {when}; "
             f"{time.perf_counter() - t0:.0f} s for the runs not cached.")  # fmt: skip
+    if pending:
+        n_flag = sum(j["mode"] == "flag" for j in pending)
+        meta += (f" Report of the cache only: {len(pending)} runs still to make ({n_flag} flag-mode, "
+                 f"{len(pending) - n_flag} rollback reruns); rows appear when complete.")  # fmt: skip
     print("\n" + table + "\n\n" + meta)
     if out_dir is not None:
         out_dir.with_suffix(".md").write_text(table + "\n\n" + meta + "\n")
