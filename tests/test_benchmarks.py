@@ -81,7 +81,12 @@ def test_quality_quick(outputs):
 def test_gpu_bench_quick(outputs):
     text = _ok(outputs["gpu_bench"])
     assert "AMP check passed" in text
-    assert re.search(r"\| FGSM \| 8 \| [0-9]+ \| [0-9]+ \| [0-9.]+× \|", text)
+    for method in ("clean", "FGSM", "N-FGSM", r"FGSM\+GradAlign", "PGD-10"):  # every step of issue 24's table
+        assert re.search(
+            rf"^\| tiny_cnn \| {method} \| 8 \| [0-9]+ \| [0-9]+ \| [0-9.]+× \| — \| — \| [0-9.]+ h \|$", text, re.M
+        )
+    assert re.search(r"^\| vit_tiny \| FGSM\+GradAlign \| 2 \| [0-9]+ \| [0-9]+ \|", text, re.M)  # double backward
+    assert re.search(r"^\| 2 \| 8 \| fp32 \| [0-9]+ \| [0-9]+ \| [0-9]+% \| [0-9.]+ h \|$", text, re.M)  # 2-process DDP
 
 
 def test_gradalign_fd_quick(fashion_mnist, outputs):
