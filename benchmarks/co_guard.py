@@ -281,8 +281,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", type=Path, default=None, help="folder of per-run JSON files (reused), plus <out>.md")
     p.add_argument("--cached-only", action="store_true",
-                   help="train nothing: report the runs in --out's cache (a (dataset, ε, method) row appears once all "
-                        "its seeds are there) and count the runs still to make")  # fmt: skip
+                   help="train nothing: report the runs in --out's cache (a (dataset, ε, method) row appears once each "
+                        "of its cached seeds has its guarded result; 'seeds' counts them) and count the runs still "
+                        "to make")  # fmt: skip
     args = p.parse_args(argv)
     if args.quick:
         args.settings, args.methods, args.seeds, args.epochs, args.digits_epochs = (["digits:0.2"], ["FGSM", "RS"],
