@@ -74,31 +74,34 @@ def test_ellea_scaled_jump_matches_a_float64_reference(data64):
     assert reg.lam == pytest.approx(ref, rel=1e-9) and reg.last_jump == pytest.approx(ref, rel=1e-9)
 
 
-def test_ellea_readme_recipe_does_not_diverge_on_a_small_model(digits_small):
-    """The README's FGSM + ELLEA(eps) at SGD lr 0.2 on digits: the official constant λ_max = 4000 (15× the training
-    loss's gradient there) diverged within two epochs; the data-scaled maximum trains."""
+def test_ellea_official_constant_diverges_on_a_small_model():
+    """The README's FGSM + ELLEA(eps) at SGD lr 0.2 on digits with the official constant λ_max = 4000 (15× the
+    training loss's gradient there) gives a non-finite loss within three epochs, whatever the shuffle.
+
+    The data-scaled default is not asserted to train here: on this 8×8-digit CNN it trains in most shuffles and
+    not in all (docs/methods/elle.md, "Stability on a small model"), and which shuffles fail depends on the
+    machine's float rounding, so an end-to-end claim about it would be a flaky test."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from robustfast.data import load_digits_tensors
     from robustfast.training import AdversarialTrainer
 
-    def fit(**kw):
-        torch.manual_seed(0)
-        torch.set_num_threads(1)  # one thread: the same float sums on every machine
-        model = rf.models.create("small_cnn", num_classes=10, in_chans=1)
-        reg = rf.ELLEA(eps=0.1, seed=0, **kw)
-        tr = AdversarialTrainer(model, rf.FGSM(model, 0.1), [reg], lr=0.2, val_attack=None, progress=False,
-                                verbose=False, seed=0)  # fmt: skip
-        tr.fit(digits_small, 3)
-        return tr, reg
-
+    xtr, ytr, _, _ = load_digits_tensors(seed=0)
     threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
-        with pytest.raises(rf.RobustfastError, match="non-finite training loss"):
-            fit(lam_max=4000)
-        tr, reg = fit()
+        for shuffle in (0, 1, 2):
+            torch.manual_seed(0)
+            model = rf.models.create("small_cnn", num_classes=10, in_chans=1)
+            loader = DataLoader(TensorDataset(xtr, ytr), batch_size=64, shuffle=True,
+                                generator=torch.Generator().manual_seed(shuffle))  # fmt: skip
+            reg = rf.ELLEA(eps=0.1, seed=0, lam_max=4000)
+            tr = AdversarialTrainer(model, rf.FGSM(model, 0.1), [reg], lr=0.2, val_attack=None, progress=False,
+                                    verbose=False, seed=0)  # fmt: skip
+            with pytest.raises(rf.RobustfastError, match="non-finite training loss"):
+                tr.fit(loader, 3)
     finally:
         torch.set_num_threads(threads)
-    losses = tr.history["train_loss"]
-    assert all(np.isfinite(losses)) and losses[0] > losses[1] > losses[2]
-    assert 0 < reg.last_jump < 4000  # it did switch on, at a λ this model can take
 
 
 def _official_onoff(values, lam_max=4000.0):
