@@ -156,6 +156,11 @@ def numerics(model_name: str, method: str, precision: str, n: int, batch: int, e
 
 
 # ------------------------------------------------------------------------------------------------ DDP
+def _process_device(kind: str, rank: int) -> torch.device:
+    """The device of process ``rank``: its own GPU with CUDA, else the CPU."""
+    return torch.device("cuda", rank) if kind == "cuda" else torch.device("cpu")
+
+
 def _trainer_ips(model_name: str, batch: int, steps: int, device: torch.device, amp: str | None) -> float:
     """Images/s of this process's second epoch of FGSM training through ``AdversarialTrainer`` (DDP when a
     process group is initialized: the trainer wraps the model), times the number of processes."""
@@ -190,8 +195,9 @@ def _ddp_worker(rank: int, world: int, init_file: str, args: dict[str, Any], out
             torch.cuda.set_device(rank)
         else:
             torch.set_num_threads(1)
-        device = torch.device("cuda", rank) if cuda else torch.device("cpu")
-        ips = _trainer_ips(args["model"], args["batch"], args["steps"], device, args["amp"])
+        ips = _trainer_ips(
+            args["model"], args["batch"], args["steps"], _process_device(args["device"], rank), args["amp"]
+        )
         if rank == 0:
             Path(out).write_text(json.dumps({"ips": ips}))
     finally:
@@ -203,8 +209,7 @@ def ddp(model_name: str, world: int, batch: int, steps: int, device: torch.devic
     import torch.multiprocessing as mp
 
     amp = "bf16" if device.type == "cuda" else None
-    single = _trainer_ips(model_name, batch, steps, torch.device(device.type, 0) if device.type == "cuda" else device,
-                          amp)  # fmt: skip
+    single = _trainer_ips(model_name, batch, steps, _process_device(device.type, 0), amp)
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "ddp.json")
         args = {"model": model_name, "batch": batch, "steps": steps, "device": device.type, "amp": amp}
