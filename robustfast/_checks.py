@@ -27,12 +27,18 @@ __all__ = [
 
 # Inputs may leave [0, 1] by this much (float round-off, e.g. after a normalize/inverse round trip).
 RANGE_TOL = 1e-4
+# A step or noise size may exceed 1 up to this multiple of eps (the largest any method uses or strengthens to is 4).
+MAX_EPS_MULTIPLE = 8.0
 
 
-def as_magnitude(owner: str, name: str, value: Any, *, allow_none: bool = True) -> float | None:
-    """A pixel-unit magnitude (eps, alpha, noise) as a float in ``[0, 1]``; 0-d tensors are accepted.
+def as_magnitude(
+    owner: str, name: str, value: Any, *, allow_none: bool = True, eps: float | None = None
+) -> float | None:
+    """A pixel-unit magnitude (eps, alpha, noise) as a float; 0-d tensors are accepted.
 
-    Raises a :class:`RobustfastError` naming the argument and the fix (``8`` → "did you mean 8/255?").
+    Values are in ``[0, 1]``, except that a size measured against a known ``eps`` (a step or a noise radius) may
+    reach ``MAX_EPS_MULTIPLE·eps`` (N-FGSM's noise 4ε at ε = 0.3 is 1.2). Raises a :class:`RobustfastError` naming
+    the argument and the fix (``8`` → "did you mean 8/255?").
     """
     if value is None and allow_none:
         return None
@@ -46,7 +52,7 @@ def as_magnitude(owner: str, name: str, value: Any, *, allow_none: bool = True) 
     value = float(value)
     if value < 0:
         raise RobustfastError(f"{owner}({name}={value:g}): {name} must be >= 0")
-    if value > 1:
+    if value > max(1.0, MAX_EPS_MULTIPLE * eps if eps is not None else 0.0):
         raise RobustfastError(
             f"{owner}({name}={value:g}): {name} looks like a 0-255 scale but inputs are in [0, 1]; "
             f"did you mean {name}={value:g}/255?"

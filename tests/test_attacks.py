@@ -417,3 +417,20 @@ def test_parity_with_torchattacks_pgd_without_random_start(model, batch) -> None
     ours = PGD(model, alpha=2 / 255, steps=10, random_start=False)(x, y)
     theirs = torchattacks.PGD(model, eps=EPS, alpha=2 / 255, steps=10, random_start=False)(x, y)
     assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", rf.list_attacks())
+def test_every_attack_strengthens_to_its_cap_at_a_large_eps(model, batch, name) -> None:
+    """At ε = 0.3 a noise or step size of k·ε exceeds 1 (N-FGSM's capped noise is 4ε = 1.2): a legitimate size."""
+    atk = rf.create_attack(name, model, eps=0.3)
+    changes = [atk.strengthen() for _ in range(atk.max_strength + 1)]
+    assert changes[-1] is None  # the cap is reached without an error
+    x, y = batch
+    x_adv = atk(x, y)
+    assert x_adv.shape == x.shape and torch.isfinite(x_adv).all() and 0 <= x_adv.min() and x_adv.max() <= 1
+
+
+def test_a_size_far_beyond_eps_is_still_read_as_a_0_255_value(model) -> None:
+    assert NFGSM(model, 0.3, noise=1.2).noise == pytest.approx(1.2)  # 4ε
+    with pytest.raises(rf.RobustfastError, match=r"did you mean noise=8/255"):
+        NFGSM(model, 0.3, noise=8)

@@ -110,7 +110,8 @@ class Magnitude:
     """A pixel-unit hyper-parameter of an attack (``alpha``, ``noise``...): validated on assignment.
 
     ``None`` means ``relative * eps`` (read back as that number), so the default follows ``eps`` (also under
-    :meth:`Attack.scaled`). Values are in ``[0, 1]``; ``8`` raises "did you mean 8/255?".
+    :meth:`Attack.scaled`). Values are in ``[0, 1]`` (a size other than ``eps`` up to 8·eps, e.g. N-FGSM's
+    noise 4ε = 1.2 at ε = 0.3); ``8`` raises "did you mean 8/255?".
 
     Args:
         relative: the default as a multiple of ``eps`` (``None``: the value is required, as for ``eps``).
@@ -136,7 +137,8 @@ class Magnitude:
 
     def __set__(self, obj: Any, value: Any) -> None:
         allow_none = self.relative is not None or self.optional
-        obj.__dict__[self.attr] = as_magnitude(type(obj).__name__, self.name, value, allow_none=allow_none)
+        eps = obj.__dict__.get("_eps") if self.name != "eps" else None
+        obj.__dict__[self.attr] = as_magnitude(type(obj).__name__, self.name, value, allow_none=allow_none, eps=eps)
 
     def raw(self, obj: Any) -> float | None:
         """The stored value (``None`` when it follows ``eps``)."""
