@@ -74,6 +74,40 @@ def test_ellea_scaled_jump_matches_a_float64_reference(data64):
     assert reg.lam == pytest.approx(ref, rel=1e-9) and reg.last_jump == pytest.approx(ref, rel=1e-9)
 
 
+def test_ellea_bounds_the_weight_it_applies_at_every_step(data64):
+    """Once λ > 0, every training step applies min(λ, grad_ratio · ‖∇θ L‖ / ‖∇θ lin_err‖) of this step (float64
+    reference); the on/off rule itself goes on with the unbounded λ (it decays by 0.99)."""
+    x, y = data64
+    torch.manual_seed(0)
+    m = SmoothCNN().double().train()
+    x_adv = (x + 0.01).clamp(0, 1)
+    params = list(m.parameters())
+    for lam in (1e12, 1e-6):  # far above the bound, then far below it
+        reg = rf.ELLEA(eps=EPS, grad_ratio=0.5, seed=3)
+        reg.lam = lam
+        reg.adaptive.count, reg.adaptive.mean, reg.adaptive.m2 = 10, 1.0, 0.0  # no outlier: λ only decays
+        value = reg(m, x, y, x_adv)
+        g = torch.Generator().manual_seed(3)
+        xa = x + (2 * torch.rand(x.shape, generator=g, dtype=x.dtype) - 1) * EPS
+        xb = x + (2 * torch.rand(x.shape, generator=g, dtype=x.dtype) - 1) * EPS
+        a = torch.rand(6, generator=g, dtype=x.dtype)
+        xc = (1 - a.view(-1, 1, 1, 1)) * xa + a.view(-1, 1, 1, 1) * xb
+        err = ((_ce(m, xc, y) - (1 - a) * _ce(m, xa, y) - a * _ce(m, xb, y)) ** 2).mean()
+        bound = 0.5 * _grad_norm(_ce(m, x_adv, y).mean(), params) / _grad_norm(err, params)
+        applied = min(lam, bound)
+        assert reg.last_applied == pytest.approx(applied, rel=1e-9)
+        assert value.item() == pytest.approx(applied * err.item(), rel=1e-9)
+        # the parameter gradient is applied·∇θ lin_err (handed over from the bound's backward, not recomputed)
+        for got, ref in zip(torch.autograd.grad(value, params), torch.autograd.grad(err, params), strict=True):
+            assert torch.allclose(got, applied * ref, rtol=1e-9, atol=1e-12 * applied)
+        assert reg.lam == pytest.approx(0.99 * lam, rel=1e-12)
+    assert bound < 1e12 and bound > 1e-6  # both branches were taken
+    official = rf.ELLEA(eps=EPS, lam_max=4000, seed=3)  # the official constant applies λ unbounded
+    official.lam = 1e12
+    official.adaptive.count, official.adaptive.mean = 10, 1.0
+    assert official(m, x, y, x_adv).item() == pytest.approx(1e12 * err.item(), rel=1e-9)
+
+
 def test_ellea_official_constant_diverges_on_a_small_model():
     """The README's FGSM + ELLEA(eps) at SGD lr 0.2 on digits with the official constant λ_max = 4000 (15× the
     training loss's gradient there) gives a non-finite loss within three epochs, whatever the shuffle.
@@ -165,11 +199,22 @@ def test_llr_matches_a_float64_reference(data64):
     assert abs(batch_mean.item() - 200 * ref_bm.item()) < 1e-6 * max(1.0, 200 * ref_bm.item())
 
 
+def _active(reg: rf.ELLEA) -> rf.ELLEA:
+    """ELLE-A switched on (λ > 0) with a history that makes no outlier."""
+    reg.lam = 1.0
+    reg.adaptive.count, reg.adaptive.mean, reg.adaptive.m2 = 10, 1e9, 0.0
+    return reg
+
+
 @pytest.mark.parametrize(
     ("reg", "counts"),
     [
         # FGSM (1F, 1B) + training forward + final backward; ELLE: one forward over 3B, no second order
         (lambda: rf.ELLE(eps=EPS, seed=0), (3, 3, 0)),
+        # ELLE-A with λ > 0 (bounded): backward passes for ‖∇θ L‖ and ∇θ lin_err; the final backward runs through
+        # the training forward only (the penalty's gradient is handed over), so one backward more than ELLE
+        (lambda: _active(rf.ELLEA(eps=EPS, seed=0)), (3, 4, 0)),
+        (lambda: _active(rf.ELLEA(eps=EPS, lam_max=4000, seed=0)), (3, 3, 0)),  # the official constant: as ELLE
         # LLR: a forward at x2 with a create_graph backward, a forward over 2B; the final backward runs through
         # the 2B forward and, with a second-order pass, through x2's forward again
         (lambda: rf.LLR(eps=EPS, adaptive=False, seed=0), (4, 5, 1)),
