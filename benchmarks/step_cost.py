@@ -53,6 +53,15 @@ ATTACKS = {
     "pgd2": lambda m, e: rf.PGD(m, eps=e, steps=2, alpha=e / 2, random_start=False, bn_mode="train"),
     "pgd10": lambda m, e: rf.PGD(m, eps=e, steps=10, alpha=e / 5, random_start=False, bn_mode="train"),
 }
+
+
+def _switched_on(reg: rf.ELLEA) -> rf.ELLEA:
+    """ELLE-A with λ > 0 and a history in which no step is an outlier (λ only decays while it is timed)."""
+    reg.lam = 1.0
+    reg.adaptive.count, reg.adaptive.mean, reg.adaptive.m2 = 10, 1e9, 0.0
+    return reg
+
+
 REGS = {
     "gradalign": lambda e: [rf.GradAlign(eps=e, lam=0.2, seed=0)],
     "gradalign_sym": lambda e: [rf.GradAlign(eps=e, lam=0.2, symmetric=True, seed=0)],
@@ -61,6 +70,10 @@ REGS = {
     "seat": lambda e: [rf.SEAT()],
     "cure": lambda e: [rf.CURE()],
     "gradnorm": lambda e: [rf.GradNorm()],
+    "elle": lambda e: [rf.ELLE(eps=e, seed=0)],
+    # ELLE-A switched on (λ > 0, where it spends most of a run): the default bounds its weight at every step
+    "ellea_on": lambda e: [_switched_on(rf.ELLEA(eps=e, seed=0))],
+    "ellea_4000_on": lambda e: [_switched_on(rf.ELLEA(eps=e, lam_max=4000, seed=0))],
 }
 #: forward+backward pass pairs the math needs (a standard step is 1); double backprop has no pass floor ("—").
 FLOOR = {"standard": 1, "handwritten_fgsm": 2, "fgsm": 2, "rs": 2, "nfgsm": 2, "zerograd": 2, "multigrad": 4,
