@@ -24,6 +24,7 @@ from robustfast.training import AdversarialTrainer
 # (kind, name): the default set-up, then every registered training loss and plugin
 VARIANTS = [("default", ""), *[("loss", n) for n in rf.list_losses()], *[("plugin", n) for n in rf.list_plugins()]]
 VARIANTS += [("regularizer", n) for n in rf.list_regularizers()]
+VARIANTS += [("switched_on", "elle_a")]  # ELLE-A with λ > 0: its bounded weight hands the penalty's gradient over
 
 
 def _data() -> TensorDataset:
@@ -38,6 +39,10 @@ def _parts(kind: str, name: str, model: nn.Module) -> dict[str, Any]:
         return {"plugins": [rf.create_plugin(name, model)]}
     if kind == "regularizer":
         return {"regularizers": [rf.create_regularizer(name)]}
+    if kind == "switched_on":
+        reg = rf.create_regularizer(name, eps=0.1)
+        reg.lam, reg.adaptive.count, reg.adaptive.mean = 1.0, 10, 1e9  # on, and no step is an outlier
+        return {"regularizers": [reg]}
     return {}
 
 
