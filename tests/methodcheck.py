@@ -30,6 +30,13 @@ EPS = 0.1
 
 
 @functools.cache
+def switched_on(reg: rf.ELLEA) -> rf.ELLEA:
+    """ELLE-A switched on (λ = 1) with a history in which no step is an outlier, so λ only decays."""
+    reg.lam = 1.0
+    reg.adaptive.count, reg.adaptive.mean, reg.adaptive.m2 = 10, 1e9, 0.0
+    return reg
+
+
 def digits() -> tuple[torch.Tensor, ...]:
     """scikit-learn's digits as (x_train, y_train, x_test, y_test), 8x8 images in [0, 1]."""
     return load_digits_tensors(seed=0)

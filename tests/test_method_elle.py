@@ -199,13 +199,6 @@ def test_llr_matches_a_float64_reference(data64):
     assert abs(batch_mean.item() - 200 * ref_bm.item()) < 1e-6 * max(1.0, 200 * ref_bm.item())
 
 
-def _active(reg: rf.ELLEA) -> rf.ELLEA:
-    """ELLE-A switched on (λ > 0) with a history that makes no outlier."""
-    reg.lam = 1.0
-    reg.adaptive.count, reg.adaptive.mean, reg.adaptive.m2 = 10, 1e9, 0.0
-    return reg
-
-
 @pytest.mark.parametrize(
     ("reg", "counts"),
     [
@@ -213,8 +206,8 @@ def _active(reg: rf.ELLEA) -> rf.ELLEA:
         (lambda: rf.ELLE(eps=EPS, seed=0), (3, 3, 0)),
         # ELLE-A with λ > 0 (bounded): backward passes for ‖∇θ L‖ and ∇θ lin_err; the final backward runs through
         # the training forward only (the penalty's gradient is handed over), so one backward more than ELLE
-        (lambda: _active(rf.ELLEA(eps=EPS, seed=0)), (3, 4, 0)),
-        (lambda: _active(rf.ELLEA(eps=EPS, lam_max=4000, seed=0)), (3, 3, 0)),  # the official constant: as ELLE
+        (lambda: mc.switched_on(rf.ELLEA(eps=EPS, seed=0)), (3, 4, 0)),
+        (lambda: mc.switched_on(rf.ELLEA(eps=EPS, lam_max=4000, seed=0)), (3, 3, 0)),  # the official constant: as ELLE
         # LLR: a forward at x2 with a create_graph backward, a forward over 2B; the final backward runs through
         # the 2B forward and, with a second-order pass, through x2's forward again
         (lambda: rf.LLR(eps=EPS, adaptive=False, seed=0), (4, 5, 1)),

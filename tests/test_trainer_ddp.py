@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from methodcheck import switched_on
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
@@ -40,9 +41,7 @@ def _parts(kind: str, name: str, model: nn.Module) -> dict[str, Any]:
     if kind == "regularizer":
         return {"regularizers": [rf.create_regularizer(name)]}
     if kind == "switched_on":
-        reg = rf.create_regularizer(name, eps=0.1)
-        reg.lam, reg.adaptive.count, reg.adaptive.mean = 1.0, 10, 1e9  # on, and no step is an outlier
-        return {"regularizers": [reg]}
+        return {"regularizers": [switched_on(rf.create_regularizer(name, eps=0.1))]}
     return {}
 
 

@@ -137,7 +137,7 @@ class Magnitude:
 
     def __set__(self, obj: Any, value: Any) -> None:
         allow_none = self.relative is not None or self.optional
-        eps = obj.__dict__.get("_eps") if self.name != "eps" else None
+        eps = getattr(obj, "eps", None) if self.name != "eps" else None  # set first by Attack.__init__
         obj.__dict__[self.attr] = as_magnitude(type(obj).__name__, self.name, value, allow_none=allow_none, eps=eps)
 
     def raw(self, obj: Any) -> float | None:

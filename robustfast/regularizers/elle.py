@@ -171,9 +171,10 @@ class ELLEA(ELLE):
         if bound is not None:
             lam = min(lam, bound[0])
         self.last_applied = lam
+        jump = None  # None: the adaptive rule's constant lam_max
         if self.scaled and outlier:
-            self.last_jump = self.lam if bound is None else bound[0]
-        self.lam = self.adaptive.next_lam(self.lam, value, self.last_jump if self.scaled and outlier else None)
+            jump = self.last_jump = self.lam if bound is None else bound[0]
+        self.lam = self.adaptive.next_lam(self.lam, value, jump)
         if bound is None:
             return lam * err
         return lam * _linear_stand_in(err, *bound[1:])
