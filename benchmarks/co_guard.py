@@ -70,7 +70,9 @@ def parts(method: str, model: torch.nn.Module, eps: float, seed: int) -> dict[st
 
 METHODS = ("FGSM", "FGSM+GradAlign(λ=0.5)", "FGSM+GradAlign(λ=1.0)", "FGSM+GradAlign(λ=2.0)", "FGSM+ELLE-A", "RS",
            "N-FGSM", "PGD-10")  # fmt: skip
-GUARD_RULE = 2  # version of COGuard's rules the rollback reruns were made with (2: the gap rule needs falling PGD)
+GUARD_RULE = 3  # version of COGuard's rules the rollback reruns were made with (2: the gap rule needs falling PGD;
+# 3: patience 3, restore tolerance 0). A rerun made under an older version still stands when the current rules take
+# every one of its decisions again (:func:`same_decisions`): its training is then what the current rules would do.
 COST = {"PGD-10": 6, "FGSM+GradAlign": 3, "FGSM+ELLE-A": 2.5}
 
 
@@ -128,23 +130,37 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def replay(r: dict[str, Any], restore_tolerance: float = 0.03) -> dict[str, Any]:
-    """A flag-mode run's guard decisions under the library's *current* rules, replayed through
-    :meth:`COGuard.judge` on its recorded checks: its training never depended on them, so this is exactly what the
-    guard would decide now. Returns the number of flags, the best checked epoch (0-based index into the curve) and
-    the epoch a never-flagged run would end on (the end-of-training restore with ``restore_tolerance``)."""
+def replay(r: dict[str, Any], restore_tolerance: float | None = None) -> dict[str, Any]:
+    """A run's guard decisions under the library's *current* rules, replayed through :meth:`COGuard.judge` on its
+    recorded checks (a flag-mode run's training never depended on them, so this is exactly what the guard would
+    decide now). Returns the number of flags, every check's verdict (``co``), the best checked epoch (0-based index
+    into a flag-mode run's curve) and whether the end-of-training restore (``restore_tolerance``; ``None``: the
+    guard's default) would act, with the epoch a never-flagged run would end on."""
     guard = COGuard(torch.zeros(1, 1, 1, 1), torch.zeros(1, dtype=torch.long))
-    flags, best_i, last_p = 0, None, None
+    tol = guard.restore_tolerance if restore_tolerance is None else restore_tolerance
+    flags, best_i, last_p, co = 0, None, None, []
     for i, (f, p, _) in enumerate(r["guard"]):
         if f is None:  # not checked (the ε warm-up)
+            co.append(None)
             continue
         c = guard.judge(f, p)
         flags += c.co
+        co.append(c.co)
         best_i = i if c.improved else best_i
         last_p = p
     last = len(r["curve"]) - 1
-    restore = best_i is not None and last_p is not None and guard.best_pgd_acc - last_p > restore_tolerance
-    return {"flags": flags, "best_i": best_i, "end_i": best_i if restore else last, "restored": restore}
+    # a rollback run whose last check flagged ends on its best state (a flag-mode run only flags and goes on)
+    ended_on_best = r.get("mode") == "rollback" and bool(co) and co[-1] is True
+    restore = (best_i is not None and last_p is not None and not ended_on_best
+               and guard.best_pgd_acc - last_p > tol)  # fmt: skip
+    return {"flags": flags, "co": co, "best_i": best_i, "end_i": best_i if restore else last, "restored": restore}
+
+
+def same_decisions(r: dict[str, Any]) -> bool:
+    """A rollback rerun made under an older rule version is still the current rules' run when they take every one of
+    its recorded decisions again (the same checks flagged, in order): its training did not depend on anything else
+    that changed. (Its end-of-training restore is re-decided by :func:`guarded_runs`.)"""
+    return r.get("mode") == "rollback" and replay(r)["co"] == [None if f is None else c for f, _, c in r["guard"]]
 
 
 def guarded_runs(runs: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
@@ -155,8 +171,13 @@ def guarded_runs(runs: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
     out: dict[tuple, dict[str, Any]] = {}
     for r in runs:
         k = (r["dataset"], r["eps"], r["method"], r["seed"])
-        if r["mode"] == "rollback" and r.get("guard_rule") == GUARD_RULE:
-            out[k] = {**r, "restored": r["restored_best_epoch"] is not None}
+        if r["mode"] == "rollback" and (r.get("guard_rule") == GUARD_RULE or same_decisions(r)):
+            restored = r["restored_best_epoch"] is not None
+            if not restored and replay(r)["restored"]:  # the current end-of-training restore acts where the old
+                # one did not: the run ends on its best checked state, whose curve value is recorded
+                out[k] = {**r, "final_curve": r["best_checked"], "restored": True, "restore_replayed": True}
+            else:
+                out[k] = {**r, "restored": restored}
         elif r["mode"] == "flag" and k not in out and len(r["guard"]) == len(r["curve"]):
             rp = replay(r)
             if rp["flags"] == 0:
@@ -314,7 +335,9 @@ def main(argv: list[str] | None = None) -> None:
                 j["key"], j["save_dir"] = key(j), str(out_dir)
             f = out_dir / f"{key(j)}.json" if out_dir is not None else None
             cached = json.loads(f.read_text()) if f is not None and f.is_file() else None
-            same = cached is not None and all(cached.get(k) == v for k, v in j.items() if k != "save_dir")
+            same = cached is not None and all(cached.get(k) == v for k, v in j.items() if k not in ("save_dir",
+                                                                                                "guard_rule"))
+            same = same and (cached.get("guard_rule") == j.get("guard_rule") or same_decisions(cached))
             if same:  # the same protocol (epochs, ...), wherever the cache folder is now
                 done.append(cached)
             else:
