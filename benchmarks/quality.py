@@ -63,6 +63,8 @@ RECIPES: dict[str, tuple[Recipe, float]] = {
     "GAT": (lambda m, e, s: _r(attack=rf.GATAttack(m, e, seed=s), criterion=rf.GATLoss()), 3),
     "NuAT": (lambda m, e, s: _r(attack=rf.NuATAttack(m, e, seed=s), criterion=rf.NuATLoss()), 3),
     "SEAT": (lambda m, e, s: _r(attack=rf.SEATAttack(m, e, seed=s), regularizers=[rf.SEAT()]), 3),
+    "SEAT (detach_clean)": (
+        lambda m, e, s: _r(attack=rf.SEATAttack(m, e, seed=s), regularizers=[rf.SEAT(detach_clean=True)]), 3),
     "FGSM+GradAlign": (
         lambda m, e, s: _r(attack=rf.FGSM(m, e), regularizers=[rf.GradAlign(eps=e, lam=1.0, seed=s)]), 6),
     "FGSM+GradAlignFD": (

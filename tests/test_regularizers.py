@@ -169,6 +169,26 @@ def test_seat_matches_reference(reduction, smooth_model, dbatch) -> None:
     assert torch.allclose(torch.autograd.grad(ours, m.fc.weight)[0], torch.autograd.grad(ref, m.fc.weight)[0])
 
 
+def test_seat_can_hold_the_clean_loss_constant(smooth_model, dbatch) -> None:
+    # detach_clean: the same value, but the parameter gradient has no -lam * grad l(x) term (which rewards a larger
+    # clean loss); float64 reference of both gradients
+    x, y = dbatch
+    m = smooth_model
+    x_adv = fgsm_adv(m, x, y)
+    g = per_sample_grads(m, x, y).detach()
+    lin = ((x_adv - x) * g).flatten(1).sum(1)
+    ce_adv, ce_clean = F.cross_entropy(m(x_adv), y, reduction="none"), F.cross_entropy(m(x), y, reduction="none")
+    ref = 0.6 * (ce_adv - ce_clean.detach() - lin).abs().mean()
+    full = 0.6 * (ce_adv - ce_clean - lin).abs().mean()
+    ours = SEAT(lam=0.6, detach_clean=True)(m, x, y, x_adv)
+    assert abs(ours.item() - ref.item()) < 1e-9 and abs(ours.item() - full.item()) < 1e-9
+    w = m.fc.weight
+    g_ours, g_ref, g_full = (torch.autograd.grad(v, w, retain_graph=True)[0] for v in (ours, ref, full))
+    assert torch.allclose(g_ours, g_ref) and not torch.allclose(g_ours, g_full)
+    with pytest.raises(rf.RobustfastError, match="detach_clean"):
+        SEAT(detach_clean="yes")
+
+
 def test_seat_flooding_is_an_additive_correction(smooth_model, dbatch) -> None:
     x, y = dbatch
     m = smooth_model
