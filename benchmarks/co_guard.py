@@ -335,8 +335,9 @@ def main(argv: list[str] | None = None) -> None:
                 j["key"], j["save_dir"] = key(j), str(out_dir)
             f = out_dir / f"{key(j)}.json" if out_dir is not None else None
             cached = json.loads(f.read_text()) if f is not None and f.is_file() else None
-            same = cached is not None and all(cached.get(k) == v for k, v in j.items() if k not in ("save_dir",
-                                                                                                "guard_rule"))
+            same = cached is not None and all(
+                cached.get(k) == v for k, v in j.items() if k not in ("save_dir", "guard_rule")
+            )
             same = same and (cached.get("guard_rule") == j.get("guard_rule") or same_decisions(cached))
             if same:  # the same protocol (epochs, ...), wherever the cache folder is now
                 done.append(cached)
