@@ -15,6 +15,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     bo, bd = min(t_ours), min(t_direct)  # best of n: least sensitive to other load on the machine
     with torch.no_grad():
         acc = (model(a).argmax(1) == y).float().mean().item()
-    cmd = " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = shlex.join(argv if argv is not None else sys.argv[1:])
     table = (
         "| model | points | attacks | n_iter | adapter s (median) | direct s (median) | ratio median | ratio best |"
         " identical x_adv |\n|---|---|---|---|---|---|---|---|---|\n"

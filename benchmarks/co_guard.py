@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -369,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     study, study_rows = restore_study(runs)
     table += "\n\nEnd-of-training restore by tolerance, replayed on the flag-mode (unguarded) runs:\n\n" + study
     when = datetime.date.today().isoformat()
-    meta = (f"Command: `python benchmarks/co_guard.py {' '.join(argv if argv is not None else sys.argv[1:])}`; "
+    meta = (f"Command: `python benchmarks/co_guard.py {shlex.join(argv if argv is not None else sys.argv[1:])}`; "
             f"machine: {machine()} (one thread per worker, {args.workers} workers); date: {when}; "
             f"{time.perf_counter() - t0:.0f} s for the runs not cached.")  # fmt: skip
     if pending:

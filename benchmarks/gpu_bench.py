@@ -29,6 +29,7 @@ import datetime
 import json
 import math
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
             c = checks[(m, pr)]
             ok &= c["nonfinite_losses"] == 0
             lines.append(f"| {m} | {pr} | {c['nonfinite_losses']} | {100 * c['train_acc']:.1f} |")
-    cmd = " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = shlex.join(argv if argv is not None else sys.argv[1:])
     meta = (f"Command: `python benchmarks/gpu_bench.py {cmd}`; device: {device} ({max(n_gpus, 1)} visible); "
             f"machine: {machine()}; date: {datetime.date.today()}; {args.steps} timed steps after 2 warm-up steps, "
             f"CIFAR-shaped synthetic data, ε = 8/255; projection: {PROJECTED_EPOCHS} × {CIFAR10_TRAIN:,} images at "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     if args.step_sweep:
-        cmd = " ".join(argv if argv is not None else sys.argv[1:])
+        cmd = shlex.join(argv if argv is not None else sys.argv[1:])
         note = (f"\n\nCells: cosine between the parameter gradients of the penalty (fd vs exact), and the fd "
                 f"gradient's norm / the exact one's. Fashion-MNIST, one batch of 128, ε = {args.eps}, fmnist_table's "
                 f"CNN at initialization. Command: `python benchmarks/gradalign_fd.py {cmd}`; machine: {machine()}; "
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
             args.out.with_suffix(".md").write_text(text + "\n")
         return
     rows, cosines = run(args)
-    cmd = " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = shlex.join(argv if argv is not None else sys.argv[1:])
     meta = (f"Command: `python benchmarks/gradalign_fd.py {cmd}`; machine: {machine()}; date: {datetime.date.today()}; "
             f"total {time.perf_counter() - t0:.0f}s. Fashion-MNIST ε = {args.eps}, {args.n_train} training images, "
             f"{args.epochs} epochs, Adam lr {args.lr}, λ = {args.lam}, fd step = ε, {args.activation} activations; "

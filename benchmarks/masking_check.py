@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
              "|---|" + "---|" * len(methods)]  # fmt: skip
     lines += [f"| {r} | " + " | ".join(cell(m, r) for m in methods) + " |" for r in rows]
     table = "\n".join(lines)
-    cmd = " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = shlex.join(argv if argv is not None else sys.argv[1:])
     meta = (f"Command: `python benchmarks/masking_check.py {cmd}`; machine: {machine()} (one torch thread); date: "
             f"{datetime.date.today()}; {time.perf_counter() - t0:.0f} s; seeds {args.seeds}; {epochs} epochs; "
             f"AutoAttack: {'APGD-CE only (quick)' if args.quick else 'standard'} "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
                      f" {diff} | {'yes' if r['in_ball'] else 'NO'} |")  # fmt: skip
     import torchattacks
 
-    cmd = " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = shlex.join(argv if argv is not None else sys.argv[1:])
     meta = (f"Command: `python benchmarks/peers.py {cmd}`; machine: {machine()}; date: {datetime.date.today()}; "
             f"torchattacks {torchattacks.__version__}; batch {args.batch}, 32×32, eval mode, ε = {args.eps:.4g}; "
             f"median of {args.reps} interleaved repetitions ({args.clock} clock).")  # fmt: skip

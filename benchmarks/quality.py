@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -303,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"collapsed {P.collapsed(r['curve'])} {r['cpu_seconds']:.0f} cpu-s", flush=True)  # fmt: skip
     rows = summarize(runs)
     text = table(rows)
-    cmd = " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = shlex.join(argv if argv is not None else sys.argv[1:])
     side = 28 // args.downsample
     meta = (f"Command: `python benchmarks/quality.py {cmd}`; machine: {machine()} (one torch thread per worker, "
             f"{args.workers} workers); date: {datetime.date.today()}; {time.perf_counter() - t0:.0f} s for the runs "

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -296,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     if {"handwritten_fgsm", "fgsm"} <= configs.keys():
         hw = {m: results[m]["fgsm"] / results[m]["handwritten_fgsm"] for m in args.models}
         lines += ["", "library FGSM step / hand-written FGSM step: " + ", ".join(f"{m} {v:.3f}" for m, v in hw.items())]
-    cmd = " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = shlex.join(argv if argv is not None else sys.argv[1:])
     meta = (f"Command: `python benchmarks/step_cost.py {cmd}`; machine: {machine()}; date: {datetime.date.today()}; "
             f"batch {args.batch}, 32×32 inputs, median of {args.reps} interleaved repetitions ({args.clock} clock); "
             "ratio = time per training step (attack + forward + penalties + backward + SGD) / standard training "
