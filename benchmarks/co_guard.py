@@ -15,8 +15,10 @@ training randomness). When the guard flagged anything, the run is trained again 
 
 The guard's decisions on a flag-mode run are **replayed** from its recorded checks through ``COGuard.judge`` with
 the library's current rules (the run's training never depended on them), so a change of rule re-decides every cached
-run exactly; the rollback reruns carry the rule version they were made with (``GUARD_RULE``) and are redone when
-it changes. Final accuracies in the table are on the curve points (the same points and attack seed as the curve).
+run exactly; the rollback reruns carry the rule version they were made with (``GUARD_RULE``): one made under an
+older version stands when the current rules, replayed on its recorded checks, take every one of its decisions again
+(its end-of-training restore is replayed too), and is trained again otherwise. Final accuracies in the table are on
+the curve points (the same points and attack seed as the curve).
 
 Per run: *collapsed* (the unguarded curve fell below half of its best earlier epoch, a best of at least 15%), *ends
 collapsed* (the final model's PGD-20 on the curve points is below half of the curve's best), rollbacks, the
